@@ -1,0 +1,3 @@
+from provider_gateway.cli import main
+
+main()

@@ -1,0 +1,48 @@
+"""boto3 clients, configured once and passed to whoever needs them.
+
+Endpoints, region and credentials come from the standard AWS SDK
+environment (``AWS_REGION``, ``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``,
+``AWS_ENDPOINT_URL_SFN``, profiles, the ECS task role).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+# GetActivityTask holds the request for up to 60 s: the read timeout must outlast it.
+ACTIVITY_POLL_READ_TIMEOUT_S = 70
+
+
+class AwsClients:
+    """Factory of the thread-safe boto3 clients the gateway shares between threads."""
+
+    def __init__(self, session: boto3.session.Session | None = None, max_pool: int = 50) -> None:
+        self._session = session or boto3.session.Session()
+        self._max_pool = max_pool
+
+    def s3(self) -> Any:
+        """An S3 client sized for concurrent part uploads."""
+        config = BotoConfig(
+            max_pool_connections=self._max_pool,
+            retries={"mode": "standard", "max_attempts": 5},
+            tcp_keepalive=True,
+        )
+        return self._session.client("s3", config=config)
+
+    def sfn(self) -> Any:
+        """A Step Functions client whose read timeout outlasts the 60 s long poll."""
+        config = BotoConfig(
+            read_timeout=ACTIVITY_POLL_READ_TIMEOUT_S,
+            connect_timeout=10,
+            max_pool_connections=self._max_pool,
+            retries={"mode": "standard", "max_attempts": 5},
+            tcp_keepalive=True,
+        )
+        return self._session.client("stepfunctions", config=config)
+
+    def cloudformation(self) -> Any:
+        """A CloudFormation client (resource id resolution)."""
+        return self._session.client("cloudformation")

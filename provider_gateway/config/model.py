@@ -1,0 +1,123 @@
+"""Typed, frozen configuration of the providers a gateway serves.
+
+Secrets are kept out of ``repr`` so that logging a config object never shows
+them; :func:`masked` renders a config for people with secrets replaced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FailureMode = Literal["task", "per_file"]
+
+SECRET_MASK = "****"
+
+
+def secret() -> Any:
+    """A dataclass field holding a secret: hidden from repr, masked by :func:`masked`."""
+    return field(default=None, repr=False, metadata={"secret": True})
+
+
+@dataclass(frozen=True)
+class HttpConnConfig:
+    """``conn_config`` of an ``http`` or ``https`` provider."""
+
+    type: Literal["http", "https"]
+    host: str | None = None
+    username: str | None = None
+    password: str | None = secret()
+    token: str | None = secret()
+    headers: dict[str, str] = field(default_factory=dict, repr=False, metadata={"secret": True})
+    verify_tls: bool = True
+    ca_bundle: str | None = None
+    login_hosts: tuple[str, ...] = ()
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class FtpConnConfig:
+    """``conn_config`` of an ``ftp`` or ``ftps`` (explicit TLS) provider."""
+
+    type: Literal["ftp", "ftps"]
+    host: str
+    port: int = 21
+    username: str = "anonymous"
+    password: str | None = secret()
+    passive: bool = True
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class SftpConnConfig:
+    """``conn_config`` of an ``sftp`` provider."""
+
+    type: Literal["sftp"]
+    host: str
+    username: str
+    port: int = 22
+    password: str | None = secret()
+    private_key_file: str | None = None
+    known_hosts_file: str | None = None
+    host_key: str | None = None
+    insecure_skip_host_key_check: bool = False
+    timeout_s: float = 30.0
+
+
+ConnConfig = HttpConnConfig | FtpConnConfig | SftpConnConfig
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """``config.gateway_config`` of one provider."""
+
+    activity_arn: str
+    conn: ConnConfig
+    num_connections: int
+    sync_activity_arn: str | None = None
+    heartbeat_interval_s: float = 15.0
+    failure_mode: FailureMode = "task"
+    allowed_buckets: tuple[str, ...] = ()
+    part_size_mb: int = 8
+    retries: int = 4
+    read_timeout_s: float = 60.0
+    shutdown_grace_s: float = 20.0
+    payload_bucket: str | None = None
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One provider the gateway serves."""
+
+    id: str
+    gateway: GatewayConfig
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the gateway serves, in file order."""
+
+    providers: tuple[ProviderConfig, ...]
+
+    def provider(self, provider_id: str) -> ProviderConfig:
+        """The provider named ``provider_id``; KeyError if there is none."""
+        for provider in self.providers:
+            if provider.id == provider_id:
+                return provider
+        raise KeyError(provider_id)
+
+
+def masked(obj: Any) -> Any:
+    """A plain dict/list rendering of a config object with every secret masked."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata.get("secret") and value:
+                value = {k: SECRET_MASK for k in value} if isinstance(value, dict) else SECRET_MASK
+            out[f.name] = masked(value)
+        return out
+    if isinstance(obj, tuple | list):
+        return [masked(v) for v in obj]
+    return obj

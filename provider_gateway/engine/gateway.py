@@ -1,0 +1,80 @@
+"""The gateway: every configured provider served until a stop is asked for."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from provider_gateway import __version__
+from provider_gateway.config.model import Config
+from provider_gateway.engine.provider import ProviderRuntime, shutdown_error
+
+log = logging.getLogger(__name__)
+
+# After the grace period, how long cancelled transfers get to abort and answer.
+CANCEL_WAIT_S = 5.0
+
+
+class Gateway:
+    """Runs a :class:`ProviderRuntime` per provider; :meth:`stop` ends it in order.
+
+    The first stop is warm: pollers stop claiming at once, tasks in flight get
+    their providers' ``shutdown_grace_s`` to finish, then are cancelled and
+    answered GatewayShutdown. :meth:`stop_now` (a second signal) skips the
+    grace period but still answers every task.
+    """
+
+    def __init__(self, config: Config, sfn: Any, s3: Any, worker_name: str | None = None) -> None:
+        name = worker_name or f"provider-gateway/{__version__}@{socket.gethostname()}"
+        self.runtimes = [ProviderRuntime(p, sfn, s3, worker_name=name) for p in config.providers]
+        self._stop_asked = threading.Event()
+        self._hard = threading.Event()
+        self.stopped = threading.Event()
+
+    def start(self) -> None:
+        """Start serving every provider."""
+        log.info("provider-gateway %s starting %d provider(s)", __version__, len(self.runtimes))
+        for runtime in self.runtimes:
+            runtime.start()
+
+    def stop(self) -> None:
+        """Ask for a warm stop (safe from a signal handler: only sets a flag)."""
+        self._stop_asked.set()
+
+    def stop_now(self) -> None:
+        """Ask for an immediate stop: tasks in flight are cancelled at once."""
+        self._hard.set()
+        self._stop_asked.set()
+
+    def serve_forever(self) -> None:
+        """Start, serve until :meth:`stop`, then shut down in order."""
+        self.start()
+        while not self._stop_asked.wait(1.0):
+            pass
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        log.info("stopping: no more tasks will be claimed")
+        for runtime in self.runtimes:
+            runtime.stop_polling()
+        grace = max((r.provider.gateway.shutdown_grace_s for r in self.runtimes), default=0.0)
+        deadline = time.monotonic() + grace
+        while self._in_flight() and time.monotonic() < deadline and not self._hard.is_set():
+            self._hard.wait(0.2)
+        if self._in_flight():
+            log.warning("cancelling %d task(s) still in flight: GatewayShutdown", self._in_flight())
+            for runtime in self.runtimes:
+                runtime.cancel_all(shutdown_error())
+            cancel_deadline = time.monotonic() + CANCEL_WAIT_S
+            while self._in_flight() and time.monotonic() < cancel_deadline:
+                time.sleep(0.1)
+        for runtime in self.runtimes:
+            runtime.stop_workers(timeout_s=CANCEL_WAIT_S)
+        log.info("stopped")
+        self.stopped.set()
+
+    def _in_flight(self) -> int:
+        return sum(r.in_flight() for r in self.runtimes)

@@ -1,0 +1,74 @@
+"""SendTaskHeartbeat for one claimed task, from its claim until its answer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+log = logging.getLogger(__name__)
+
+# Answers meaning Step Functions no longer waits for this task.
+TASK_GONE = {"TaskTimedOut", "TaskDoesNotExist", "InvalidToken"}
+
+
+class Heartbeat:
+    """A thread sending heartbeats every ``interval_s``; ``on_lost`` runs if the task is gone.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        sfn: Any,
+        token: str,
+        interval_s: float,
+        on_lost: Callable[[str], None],
+        name: str,
+    ) -> None:
+        self._sfn = sfn
+        self._token = token
+        self._interval = interval_s
+        self._on_lost = on_lost
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.sent = 0
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop sending; returns at once (the thread ends within a second or one API call)."""
+        self._stopped.set()
+
+    def __enter__(self) -> Heartbeat:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                self._sfn.send_task_heartbeat(taskToken=self._token)
+                self.sent += 1
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code in TASK_GONE:
+                    if not self._stopped.is_set():
+                        log.warning("heartbeat refused (%s): cancelling the task", code)
+                        self._on_lost(code)
+                    return
+                log.warning("heartbeat failed, will retry: %s", exc)
+            except BotoCoreError as exc:
+                log.warning("heartbeat failed, will retry: %s", exc)

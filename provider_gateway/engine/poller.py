@@ -1,0 +1,87 @@
+"""One thread per activity: claims a task only when a connection can take it now."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from provider_gateway.engine.work_queue import WorkQueue
+from provider_gateway.errors import GatewayError, GatewayShutdown, InvalidRequest
+
+log = logging.getLogger(__name__)
+
+POLL_ERROR_BACKOFF_S = (1, 2, 5, 10, 30)
+
+# Builds the jobs of a claimed task (starting its heartbeat), or raises InvalidRequest.
+TaskStarter = Callable[[str, str | None], list[Any]]
+# Answers a claimed task that will not run with a failure.
+TaskRefuser = Callable[[str, GatewayError], None]
+
+
+class ActivityPoller:
+    """Long-polls GetActivityTask for one activity into the provider's work queue."""
+
+    def __init__(
+        self,
+        sfn: Any,
+        activity_arn: str,
+        queue: WorkQueue[Any],
+        start_task: TaskStarter,
+        refuse_task: TaskRefuser,
+        worker_name: str,
+        name: str,
+    ) -> None:
+        self._sfn = sfn
+        self._arn = activity_arn
+        self._queue = queue
+        self._start_task = start_task
+        self._refuse = refuse_task
+        self._worker_name = worker_name
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.claimed = 0
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop claiming; a long poll already under way is answered GatewayShutdown if it brings a task."""
+        self.stopping.set()
+
+    def _run(self) -> None:
+        failures = 0
+        while self._queue.reserve(self.stopping):
+            jobs: list[Any] = []
+            try:
+                jobs = self._claim()
+                failures = 0
+            except (ClientError, BotoCoreError) as exc:
+                delay = POLL_ERROR_BACKOFF_S[min(failures, len(POLL_ERROR_BACKOFF_S) - 1)]
+                failures += 1
+                log.error("GetActivityTask on %s failed (retrying in %ss): %s", self._arn, delay, exc)
+                self.stopping.wait(delay)
+            except Exception:  # a bug must not kill the poller: log it and keep polling
+                log.exception("unexpected failure while claiming a task")
+                self.stopping.wait(1)
+            finally:
+                self._queue.fulfil(jobs)
+
+    def _claim(self) -> list[Any]:
+        response = self._sfn.get_activity_task(activityArn=self._arn, workerName=self._worker_name)
+        token = response.get("taskToken")
+        if not token:
+            return []
+        self.claimed += 1
+        if self.stopping.is_set():
+            self._refuse(token, GatewayShutdown("the gateway was stopping when this task arrived"))
+            return []
+        try:
+            return self._start_task(token, response.get("input"))
+        except InvalidRequest as exc:
+            log.warning("refused an invalid task: %s", exc.message)
+            self._refuse(token, exc)
+            return []

@@ -1,0 +1,128 @@
+"""Everything serving one provider: its pollers, its queue, its connection threads."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from provider_gateway.config.model import ProviderConfig
+from provider_gateway.engine.heartbeat import Heartbeat
+from provider_gateway.engine.poller import ActivityPoller
+from provider_gateway.engine.responder import Responder
+from provider_gateway.engine.task_run import FileJob, TaskRun
+from provider_gateway.engine.work_queue import WorkQueue
+from provider_gateway.engine.worker import ConnectionWorker
+from provider_gateway.errors import GatewayError, GatewayShutdown, TaskCancelled
+from provider_gateway.messages import FileResult, parse_download_task
+from provider_gateway.protocols import ConnectionSettings, check_url, connection_factory
+from provider_gateway.transfer.copy import CopyOptions
+from provider_gateway.transfer.s3upload import MiB
+
+log = logging.getLogger(__name__)
+
+
+class ProviderRuntime:
+    """Serves one provider with exactly ``num_connections`` connection threads."""
+
+    def __init__(self, provider: ProviderConfig, sfn: Any, s3: Any, worker_name: str) -> None:
+        self.provider = provider
+        gateway = provider.gateway
+        self._sfn = sfn
+        self._s3 = s3
+        self.queue: WorkQueue[FileJob] = WorkQueue(gateway.num_connections)
+        self._responder = Responder(sfn, s3, provider.id, gateway.payload_bucket)
+        self._runs: set[TaskRun] = set()
+        self._runs_lock = threading.Lock()
+        factory = connection_factory(gateway.conn)
+        settings = ConnectionSettings(read_timeout_s=gateway.read_timeout_s)
+        options = CopyOptions(min_part_size=gateway.part_size_mb * MiB, retries=gateway.retries)
+        self.workers = [
+            ConnectionWorker(
+                gateway.conn, factory, settings, self.queue, s3, options, name=f"{provider.id}-conn-{i + 1}"
+            )
+            for i in range(gateway.num_connections)
+        ]
+        self.pollers = [
+            ActivityPoller(
+                sfn, gateway.activity_arn, self.queue, self._start_task, self._refuse,
+                worker_name=worker_name, name=f"{provider.id}-poll-download",
+            )
+        ]
+
+    def start(self) -> None:
+        """Start the connection threads, then the pollers."""
+        for worker in self.workers:
+            worker.start()
+        for poller in self.pollers:
+            poller.start()
+        log.info(
+            "serving provider %s (%s) with %d connection(s) from %s",
+            self.provider.id, self.provider.gateway.conn.type, len(self.workers), self.provider.gateway.activity_arn,
+        )
+
+    def _start_task(self, token: str, raw_input: str | None) -> list[FileJob]:
+        gateway = self.provider.gateway
+        task = parse_download_task(
+            raw_input,
+            url_check=functools.partial(check_url, gateway.conn),
+            allowed_buckets=gateway.allowed_buckets,
+            read_pointer=self._read_pointer,
+        )
+        run = TaskRun(token, task, self._responder, gateway.failure_mode, label=token[-12:])
+        run.heartbeat = Heartbeat(
+            self._sfn, token, gateway.heartbeat_interval_s,
+            on_lost=lambda code: run.cancel(TaskCancelled(f"Step Functions answered {code}")),
+            name=f"{self.provider.id}-heartbeat-{token[-8:]}",
+        ).start()
+        with self._runs_lock:
+            self._runs.add(run)
+        threading.Thread(target=self._forget_when_done, args=(run,), daemon=True).start()
+        log.info("task %s claimed: %d file(s)", run.label, len(task.files))
+        return run.jobs()
+
+    def _forget_when_done(self, run: TaskRun) -> None:
+        run.finished.wait()
+        with self._runs_lock:
+            self._runs.discard(run)
+
+    def _read_pointer(self, bucket: str, key: str) -> Any:
+        return json.loads(self._s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    def _refuse(self, token: str, error: GatewayError) -> None:
+        self._responder.failure(token, error.code, error.message)
+
+    def stop_polling(self) -> None:
+        """Claim no more tasks."""
+        for poller in self.pollers:
+            poller.stop()
+
+    def in_flight(self) -> int:
+        """How many claimed tasks are not answered yet."""
+        with self._runs_lock:
+            return len(self._runs)
+
+    def cancel_all(self, reason: GatewayError) -> None:
+        """Cancel every task in flight and answer the files still queued."""
+        with self._runs_lock:
+            runs = list(self._runs)
+        for run in runs:
+            run.cancel(reason)
+        for job in self.queue.drain():
+            job.run.file_done(job.request, FileResult(False, error_code=reason.code, error=reason.message))
+
+    def stop_workers(self, timeout_s: float) -> None:
+        """Stop the connection threads and wait for them up to ``timeout_s``."""
+        for worker in self.workers:
+            worker.stop()
+        deadline = time.monotonic() + timeout_s
+        for worker in self.workers:
+            worker.thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def shutdown_error() -> GatewayShutdown:
+    """The error in-flight tasks get when the grace period ends."""
+    return GatewayShutdown("the gateway stopped before the task finished")

@@ -1,0 +1,84 @@
+"""The per-provider queue between pollers and connection threads.
+
+It holds file jobs, not tasks, so the files of one task spread over every
+free connection. It also answers the pollers' question "may I claim a task
+now?": only when a connection is idle, no queued job is waiting for it, and
+no other poller has already reserved it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+WAKE_S = 1.0
+
+
+class WorkQueue(Generic[T]):
+    """Jobs for ``workers`` connection threads, with claim reservations for pollers."""
+
+    def __init__(self, workers: int) -> None:
+        self._workers = workers
+        self._jobs: deque[T] = deque()
+        self._busy = 0
+        self._reserved = 0
+        self._cond = threading.Condition()
+
+    def _free(self) -> int:
+        return self._workers - self._busy - len(self._jobs) - self._reserved
+
+    def reserve(self, stop: threading.Event) -> bool:
+        """Wait until a connection is free and reserve it; False if ``stop`` was set."""
+        with self._cond:
+            while not stop.is_set():
+                if self._free() > 0:
+                    self._reserved += 1
+                    return True
+                self._cond.wait(WAKE_S)
+            return False
+
+    def fulfil(self, jobs: Iterable[T]) -> None:
+        """Give up a reservation, queueing the jobs of the task it claimed (maybe none)."""
+        with self._cond:
+            self._reserved -= 1
+            self._jobs.extend(jobs)
+            self._cond.notify_all()
+
+    def put(self, jobs: Iterable[T]) -> None:
+        """Queue jobs without a reservation."""
+        with self._cond:
+            self._jobs.extend(jobs)
+            self._cond.notify_all()
+
+    def get(self, timeout: float = WAKE_S) -> T | None:
+        """The next job (the caller is then busy until :meth:`done`), or None after ``timeout``."""
+        with self._cond:
+            if not self._jobs:
+                self._cond.wait(timeout)
+            if not self._jobs:
+                return None
+            self._busy += 1
+            return self._jobs.popleft()
+
+    def done(self) -> None:
+        """The caller finished its job and is idle again."""
+        with self._cond:
+            self._busy -= 1
+            self._cond.notify_all()
+
+    def drain(self) -> list[T]:
+        """Remove and return every queued job (at shutdown)."""
+        with self._cond:
+            jobs = list(self._jobs)
+            self._jobs.clear()
+            self._cond.notify_all()
+            return jobs
+
+    def busy(self) -> int:
+        """How many connection threads hold a job now."""
+        with self._cond:
+            return self._busy

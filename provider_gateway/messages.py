@@ -1,0 +1,279 @@
+"""Task messages: parsing a download task's input, and building its output.
+
+The format is the contract's section 3, compatible with the messages the
+original provider gateway consumed. Everything not understood here is passed
+through untouched into the output.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import posixpath
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from provider_gateway.errors import InvalidRequest
+
+CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
+FROM_CONFIG = "FROM_CONFIG"
+_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.-]+)\}")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+PointerReader = Callable[[str, str], Any]
+"""Reads the JSON document at (bucket, key): how an S3 payload pointer is followed."""
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """An expected digest: ``algorithm`` is one of :data:`CHECKSUM_ALGORITHMS`, ``value`` hex."""
+
+    algorithm: str
+    value: str
+
+
+@dataclass(frozen=True)
+class FileRequest:
+    """One file of a task: where it comes from, where it goes, what it must be."""
+
+    index: int
+    url: str
+    bucket: str
+    key: str
+    version: str | None = None
+    size: int | None = None
+    checksum: Checksum | None = None
+
+    @property
+    def path(self) -> str:
+        """The decoded path of the source URL."""
+        return unquote(urlsplit(self.url).path)
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """What happened to one file."""
+
+    success: bool
+    bytes: int = 0
+    version_skip: bool = False
+    error_code: str | None = None
+    error: str | None = None
+    checksum: Checksum | None = None
+
+
+@dataclass(frozen=True)
+class DownloadTask:
+    """A parsed download task: the original message plus its file requests."""
+
+    message: dict[str, Any]
+    payload: dict[str, Any]
+    files: tuple[FileRequest, ...]
+
+
+def parse_download_task(
+    raw_input: str | None,
+    url_check: Callable[[str], object],
+    allowed_buckets: tuple[str, ...] = (),
+    read_pointer: PointerReader | None = None,
+) -> DownloadTask:
+    """Parse and check a download task's input; InvalidRequest says what is wrong.
+
+    ``url_check`` raises InvalidRequest for URLs that are not the provider's.
+    """
+    message = _json_object(raw_input)
+    payload = _payload(message, read_pointer)
+    files = payload.get("files")
+    if not isinstance(files, list) or not files:
+        raise InvalidRequest("payload.files: must be a non-empty list of files")
+    requests = tuple(
+        _file_request(i, entry, message, url_check, allowed_buckets) for i, entry in enumerate(files)
+    )
+    return DownloadTask(message=message, payload=payload, files=requests)
+
+
+def _json_object(raw_input: str | None) -> dict[str, Any]:
+    try:
+        message = json.loads(raw_input or "")
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"task input is not JSON: {exc}") from exc
+    if not isinstance(message, dict):
+        raise InvalidRequest("task input must be a JSON object")
+    return message
+
+
+def _payload(message: dict[str, Any], read_pointer: PointerReader | None) -> dict[str, Any]:
+    payload = message.get("payload")
+    if isinstance(payload, dict) and set(payload) == {"Bucket", "Key"}:
+        if read_pointer is None:
+            raise InvalidRequest("payload: an S3 pointer cannot be followed here")
+        try:
+            payload = read_pointer(str(payload["Bucket"]), str(payload["Key"]))
+        except Exception as exc:  # noqa: BLE001 - any failure to read the pointer is the request's
+            raise InvalidRequest(f"payload: cannot read S3 pointer: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise InvalidRequest("payload: required, an object with a 'files' list")
+    return payload
+
+
+def _file_request(
+    index: int,
+    entry: Any,
+    message: dict[str, Any],
+    url_check: Callable[[str], object],
+    allowed_buckets: tuple[str, ...],
+) -> FileRequest:
+    where = f"payload.files[{index}]"
+    if not isinstance(entry, dict):
+        raise InvalidRequest(f"{where}: must be an object")
+    kind = entry.get("type", "download")
+    if kind != "download":
+        raise InvalidRequest(f"{where}.type: only 'download' is supported, got {kind!r}")
+    source = entry.get("source")
+    if not isinstance(source, dict):
+        raise InvalidRequest(f"{where}.source: required, an object with 'url'")
+    url = source.get("url")
+    if not isinstance(url, str) or not url:
+        raise InvalidRequest(f"{where}.source.url: required, a URL string")
+    try:
+        url_check(url)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{where}.source.url: {exc.message}") from exc
+    bucket, key = _target(entry.get("target"), url, message, where)
+    if allowed_buckets and bucket not in allowed_buckets:
+        raise InvalidRequest(f"{where}.target.bucket: bucket {bucket!r} is not in allowed_buckets")
+    return FileRequest(
+        index=index,
+        url=url,
+        bucket=bucket,
+        key=key,
+        version=_optional_str(source, "version", where),
+        size=_size(source.get("size"), where),
+        checksum=_checksum(source.get("checksum"), where),
+    )
+
+
+def _target(target: Any, url: str, message: dict[str, Any], where: str) -> tuple[str, str]:
+    if target == FROM_CONFIG:
+        output = output_config(message, "DownloadActivity")
+        if output is None:
+            raise InvalidRequest(
+                f"{where}.target: FROM_CONFIG needs config.output "
+                "(or workflow_config_template.DownloadActivity.output)"
+            )
+        return target_from_config(output, url, message, f"{where}.target")
+    if not isinstance(target, dict):
+        raise InvalidRequest(f"{where}.target: required, {{bucket, key}} or \"FROM_CONFIG\"")
+    bucket, key = target.get("bucket"), target.get("key")
+    if not isinstance(bucket, str) or not _BUCKET.match(bucket):
+        raise InvalidRequest(f"{where}.target.bucket: required, a valid S3 bucket name; got {bucket!r}")
+    if not isinstance(key, str) or not key or len(key.encode()) > 1024:
+        raise InvalidRequest(f"{where}.target.key: required, a non-empty S3 key of at most 1024 bytes")
+    return bucket, key
+
+
+def output_config(message: dict[str, Any], template_name: str) -> dict[str, Any] | None:
+    """``config.output``, else ``workflow_config_template.<template_name>.output``."""
+    for config in (
+        message.get("config"),
+        (message.get("workflow_config_template") or {}).get(template_name),
+    ):
+        if isinstance(config, dict) and isinstance(config.get("output"), dict):
+            return config["output"]
+    return None
+
+
+def target_from_config(
+    output: dict[str, Any], url: str, message: dict[str, Any], where: str
+) -> tuple[str, str]:
+    """The (bucket, key) that ``FROM_CONFIG`` means for ``url``."""
+    bucket = fill_placeholders(output.get("bucket"), message, f"{where}: config.output.bucket")
+    prefix = fill_placeholders(output.get("key_prefix", ""), message, f"{where}: config.output.key_prefix")
+    if not _BUCKET.match(bucket):
+        raise InvalidRequest(f"{where}: config.output.bucket is not a valid bucket name: {bucket!r}")
+    name = posixpath.basename(unquote(urlsplit(url).path))
+    if not name:
+        raise InvalidRequest(f"{where}: the URL {url!r} names no file, so FROM_CONFIG has no key")
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/{name}" if prefix else name
+
+
+def fill_placeholders(template: Any, message: dict[str, Any], where: str) -> str:
+    """Replace each ``{a.b.c}`` in ``template`` with that path's value in the message."""
+    if not isinstance(template, str):
+        raise InvalidRequest(f"{where}: required, a string")
+
+    def value(match: re.Match[str]) -> str:
+        node: Any = message
+        for part in match.group(1).split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise InvalidRequest(f"{where}: placeholder {{{match.group(1)}}} is not in the message")
+            node = node[part]
+        if isinstance(node, dict | list):
+            raise InvalidRequest(f"{where}: placeholder {{{match.group(1)}}} is not a plain value")
+        return str(node)
+
+    return _PLACEHOLDER.sub(value, template)
+
+
+def _optional_str(source: dict[str, Any], key: str, where: str) -> str | None:
+    value = source.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise InvalidRequest(f"{where}.source.{key}: must be a string")
+    return str(value)
+
+
+def _size(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidRequest(f"{where}.source.size: must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _checksum(value: Any, where: str) -> Checksum | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{where}.source.checksum: must be {{type, value}}")
+    algorithm, digest = value.get("type"), value.get("value")
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        raise InvalidRequest(
+            f"{where}.source.checksum.type: must be one of {', '.join(CHECKSUM_ALGORITHMS)}; got {algorithm!r}"
+        )
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]+", digest):
+        raise InvalidRequest(f"{where}.source.checksum.value: must be a hex digest")
+    return Checksum(algorithm=algorithm, value=digest.lower())
+
+
+def file_output(entry: dict[str, Any], request: FileRequest, result: FileResult) -> dict[str, Any]:
+    """The output form of one ``payload.files[i]``: the input plus what happened."""
+    out = copy.deepcopy(entry)
+    out["target"] = {"bucket": request.bucket, "key": request.key}
+    out["success"] = result.success
+    out["bytes"] = result.bytes
+    if result.version_skip:
+        out["version_skip"] = True
+    if result.checksum is not None:
+        out["checksum"] = {"type": result.checksum.algorithm, "value": result.checksum.value}
+    if not result.success:
+        out["error_code"] = result.error_code
+        out["error"] = result.error
+    return out
+
+
+def download_output(task: DownloadTask, results: list[FileResult]) -> dict[str, Any]:
+    """The task's output message: the input with every file given its result."""
+    message = copy.deepcopy(task.message)
+    payload = copy.deepcopy(task.payload)
+    entries = payload["files"]
+    payload["files"] = [
+        file_output(entries[r.index], r, results[r.index]) for r in task.files
+    ]
+    message["payload"] = payload
+    return message

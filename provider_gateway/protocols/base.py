@@ -1,0 +1,51 @@
+"""The small interface every protocol implements.
+
+A :class:`Connection` is owned by exactly one connection thread and holds at
+most one network connection to the provider (a requests.Session with a
+one-connection pool, one ftplib.FTP, one SSH transport). Errors leave this
+layer only as :class:`~provider_gateway.errors.GatewayError` subclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Provider-wide settings that every protocol honours."""
+
+    read_timeout_s: float = 60.0
+    user_agent: str = "provider-gateway"
+
+
+class SourceStream(Protocol):
+    """An open file at the provider, read from ``offset`` on."""
+
+    size: int | None
+    """Total size of the file in bytes, when the provider says it."""
+
+    def read(self, amount: int) -> bytes:
+        """Up to ``amount`` bytes; ``b""`` only at the end of the file."""
+        ...
+
+    def close(self) -> None:
+        """Release the stream; the connection stays usable where the protocol allows."""
+        ...
+
+
+class Connection(Protocol):
+    """One persistent connection to a provider."""
+
+    def open(self, url: str, offset: int = 0) -> SourceStream:
+        """Open the file named by ``url`` for reading from byte ``offset``."""
+        ...
+
+    def check(self) -> bool:
+        """Whether the connection is still usable (cheap; reconnects are the caller's)."""
+        ...
+
+    def close(self) -> None:
+        """Close the network connection; the object must not be used afterwards."""
+        ...
