@@ -44,6 +44,10 @@ class Gateway:
         """Ask for a warm stop (safe from a signal handler: only sets a flag)."""
         self._stop_asked.set()
 
+    def stop_requested(self) -> bool:
+        """Whether a stop was already asked for."""
+        return self._stop_asked.is_set()
+
     def stop_now(self) -> None:
         """Ask for an immediate stop: tasks in flight are cancelled at once."""
         self._hard.set()

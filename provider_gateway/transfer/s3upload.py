@@ -38,13 +38,15 @@ def part_size_for(size: int | None, minimum: int) -> int:
 
 def transfer_config(part_size: int) -> TransferConfig:
     """The explicit TransferConfig every upload uses."""
-    return TransferConfig(
+    config = TransferConfig(
         multipart_threshold=part_size,
         multipart_chunksize=part_size,
         max_concurrency=UPLOAD_CONCURRENCY,
-        max_in_memory_upload_chunks=UPLOAD_CHUNKS_IN_MEMORY,
         use_threads=True,
     )
+    # boto3's TransferConfig does not take this s3transfer setting as an argument.
+    config.max_in_memory_upload_chunks = UPLOAD_CHUNKS_IN_MEMORY
+    return config
 
 
 def upload(

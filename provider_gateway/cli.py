@@ -1,0 +1,120 @@
+"""The ``provider-gateway`` command line."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from types import FrameType
+
+import click
+import yaml
+
+from provider_gateway import __version__
+from provider_gateway.aws import AwsClients
+from provider_gateway.config import Config, load_config, masked
+from provider_gateway.errors import ConfigError
+
+log = logging.getLogger("provider_gateway")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load(location: str, providers: tuple[str, ...] = ()) -> Config:
+    """Load the config; any problem is a usage error (exit 2) naming the key."""
+    clients = AwsClients()
+    try:
+        config = load_config(location, s3_client_factory=clients.s3)
+        if providers:
+            missing = [p for p in providers if p not in {c.id for c in config.providers}]
+            if missing:
+                raise ConfigError(f"--provider: no provider {', '.join(missing)} in {location}")
+            config = Config(tuple(p for p in config.providers if p.id in providers))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--config") from None
+    return config
+
+
+@click.group()
+@click.version_option(__version__, prog_name="provider-gateway")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Verbosity of the log on stderr.",
+)
+def main(log_level: str) -> None:
+    """Move files from data providers (HTTP, FTP, SFTP) into S3 for Step Functions."""
+    _setup_logging(log_level)
+
+
+@main.command()
+@click.option("--config", "config_location", required=True, help="collections.yml: a path or s3://bucket/key.")
+@click.option("--provider", "providers", multiple=True, help="Serve only this provider id (repeatable).")
+def run(config_location: str, providers: tuple[str, ...]) -> None:
+    """Serve the providers' activities until SIGTERM or SIGINT.
+
+    The first signal stops claiming tasks and gives tasks in flight their
+    shutdown_grace_s; a second signal cancels them at once. Every claimed task
+    is answered either way.
+    """
+    from provider_gateway.engine.gateway import Gateway
+
+    config = _load(config_location, providers)
+    clients = AwsClients(max_pool=_pool_size(config))
+    try:
+        gateway = Gateway(config, sfn=clients.sfn(), s3=clients.s3())
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--config") from None
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if gateway.stop_requested():
+            log.warning("second %s: stopping now", signal.Signals(signum).name)
+            gateway.stop_now()
+        else:
+            log.info("%s: stopping after the tasks in flight (grace period)", signal.Signals(signum).name)
+            gateway.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    gateway.serve_forever()
+
+
+def _pool_size(config: Config) -> int:
+    # Pollers, heartbeats and answers, plus the concurrent part uploads of every connection.
+    connections = sum(p.gateway.num_connections for p in config.providers)
+    return max(10, 2 * len(config.providers) + connections * 6)
+
+
+@main.command()
+@click.option("--config", "config_location", required=True, help="collections.yml: a path or s3://bucket/key.")
+def validate(config_location: str) -> None:
+    """Check the config and print each provider it would serve (secrets masked)."""
+    config = _load(config_location)
+    for provider in config.providers:
+        rendered = {"id": provider.id, "gateway_config": masked(provider.gateway)}
+        click.echo(yaml.safe_dump(rendered, sort_keys=False).rstrip())
+        click.echo("---")
+    click.echo(f"valid: {len(config.providers)} provider(s)")
+
+
+@main.command()
+@click.option("--files", "file_count", default=6, show_default=True, help="How many sample files per provider.")
+@click.option("--size-mb", default=24, show_default=True, help="Size of the largest sample file, in MB.")
+def demo(file_count: int, size_mb: int) -> None:
+    """Run the whole system on this machine: embedded S3 + Step Functions, a sample
+    provider, real transfers, and a summary table at the end."""
+    try:
+        from provider_gateway.local.demo import run_demo
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the demo needs the 'local' extra (pip install 'provider-gateway[local]'): {exc}"
+        ) from None
+    sys.exit(run_demo(file_count=file_count, largest_mb=size_mb))

@@ -1,0 +1,140 @@
+"""A small HTTP/1.1 file server on loopback: the demo's provider, and the tests'.
+
+It keeps connections alive, honours ``Range``, can be slowed down to a byte
+rate, and counts what a provider operator would watch: TCP connections
+accepted in all, and the most open at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socket import socket
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+CHUNK = 256 * 1024
+
+
+class FileHTTPServer(ThreadingHTTPServer):
+    """Serves ``files`` (URL path -> bytes) on 127.0.0.1."""
+
+    daemon_threads = True
+
+    def __init__(self, files: dict[str, bytes] | None = None, rate_bytes_per_s: float | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.files: dict[str, bytes] = dict(files or {})
+        self.rate = rate_bytes_per_s
+        self.connections_total = 0
+        self.connections_open = 0
+        self.connections_max = 0
+        self.requests: list[str] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``, as a provider's ``conn_config.host``."""
+        host, port = self.server_address[:2]
+        return f"{host!s}:{port}"
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def start(self) -> FileHTTPServer:
+        self._thread = threading.Thread(target=self.serve_forever, name="http-provider", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+    def __enter__(self) -> FileHTTPServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            self.connections_total += 1
+            self.connections_open += 1
+            self.connections_max = max(self.connections_max, self.connections_open)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: socket) -> None:  # type: ignore[override]
+        with self._lock:
+            self.connections_open -= 1
+        super().shutdown_request(request)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FileHTTPServer
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except ConnectionError:
+            pass  # the client went away: nothing to answer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        pass
+
+    def do_HEAD(self) -> None:  # noqa: N802 - the stdlib's name
+        self._serve(body=False)
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        self._serve(body=True)
+
+    def _serve(self, body: bool) -> None:
+        path = unquote(urlsplit(self.path).path)
+        self.server.requests.append(path)
+        data = self.server.files.get(path)
+        if data is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        start = self._range_start(len(data))
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        if body:
+            self._send_body(memoryview(data)[start:])
+
+    def _range_start(self, size: int) -> int:
+        header = self.headers.get("Range", "")
+        if header.startswith("bytes=") and header.endswith("-"):
+            start = int(header[6:-1] or 0)
+            return start if start < size else 0
+        return 0
+
+    def _send_body(self, view: memoryview) -> None:
+        rate = self.server.rate
+        started = time.monotonic()
+        sent = 0
+        try:
+            while sent < len(view):
+                piece = view[sent : sent + CHUNK]
+                self.wfile.write(piece)
+                sent += len(piece)
+                if rate:
+                    ahead = sent / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
