@@ -19,6 +19,7 @@ from collections import deque
 from typing import Any
 
 import moto
+from moto.core.common_models import CloudFormationModel
 from moto.core.config import default_user_config
 from moto.core.responses import ActionResult, EmptyResult
 from moto.stepfunctions import responses as sfn_responses
@@ -165,6 +166,33 @@ def _close_activity_endpoint(original: Any) -> Any:
                 endpoint.report(CallbackConsumerTimeout())
 
     return evaluate
+
+
+class CloudFormationActivity(CloudFormationModel):  # type: ignore[misc]
+    """``AWS::StepFunctions::Activity`` in stacks, so ``!GitcResource`` resolves locally too."""
+
+    def __init__(self, arn: str) -> None:
+        self.arn = arn
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return "Name"
+
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::StepFunctions::Activity"
+
+    @property
+    def physical_resource_id(self) -> str:
+        return self.arn
+
+    @classmethod
+    def create_from_cloudformation_json(  # type: ignore[override]
+        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any
+    ) -> CloudFormationActivity:
+        name = cloudformation_json.get("Properties", {}).get("Name", resource_name)
+        backend = sfn_responses.get_backend(account_id, region_name)
+        return cls(backend.create_activity(name=name).arn)
 
 
 def _get_activity_task(self: Any) -> ActionResult:
