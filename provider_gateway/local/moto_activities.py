@@ -96,6 +96,11 @@ def _find_endpoint(backend: Any, token: str) -> tuple[Any, Any] | None:
     return None
 
 
+def _running(execution: Any) -> bool:
+    # The status changes only when the worker thread ends; the environment knows at once.
+    return bool(execution.status == "RUNNING" and execution.exec_worker.env.is_running())
+
+
 def _closed() -> TaskTimedOut:
     return TaskTimedOut("Task Timed Out: the task has already been closed", "TaskTimedOut", 400)
 
@@ -105,7 +110,7 @@ def _check_open(backend: Any, token: str) -> Any:
     if found is None:
         raise InvalidToken()
     execution, endpoint = found
-    if endpoint.consumer_error is not None or execution.status != "RUNNING":
+    if endpoint.consumer_error is not None or not _running(execution):
         raise _closed()
     return endpoint
 
@@ -207,7 +212,7 @@ def _get_activity_task(self: Any) -> ActionResult:
         if task is None:
             break
         found = _find_endpoint(backend, task.task_token)
-        if found is None or found[0].status != "RUNNING":
+        if found is None or not _running(found[0]):
             continue  # its execution ended while the task waited: AWS would not deliver it
         endpoint = found[1]
         if isinstance(endpoint, ActivityCallbackEndpoint):

@@ -1,0 +1,143 @@
+"""The HTTP(S) connection against real servers on loopback."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from provider_gateway.config.model import HttpConnConfig
+from provider_gateway.errors import SourceAccessDenied, SourceNotFound, SourceUnavailable
+from provider_gateway.protocols.base import ConnectionSettings
+from provider_gateway.protocols.http import HttpConnection
+
+BASIC = "Basic " + base64.b64encode(b"alice:pw").decode()
+
+
+def connect(server: HTTPServer, read_timeout_s: float = 10, **conn: object) -> HttpConnection:
+    config = HttpConnConfig(type="http", host=f"{server.host}:{server.port}", **conn)  # type: ignore[arg-type]
+    return HttpConnection(config, ConnectionSettings(read_timeout_s=read_timeout_s))
+
+
+def read_all(connection: HttpConnection, url: str, offset: int = 0) -> bytes:
+    stream = connection.open(url, offset)
+    try:
+        pieces = []
+        while piece := stream.read(1 << 20):
+            pieces.append(piece)
+        return b"".join(pieces)
+    finally:
+        stream.close()
+
+
+@pytest.fixture
+def login_server() -> Iterator[HTTPServer]:
+    """A second server, on another host name (127.0.0.1 vs localhost)."""
+    server = HTTPServer(host="127.0.0.1")
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(404, SourceNotFound), (410, SourceNotFound), (401, SourceAccessDenied), (403, SourceAccessDenied),
+     (500, SourceUnavailable), (503, SourceUnavailable)],
+)
+def test_statuses_become_contract_errors(httpserver: HTTPServer, status: int, error: type[Exception]) -> None:
+    httpserver.expect_request("/f").respond_with_data("no", status=status)
+    with pytest.raises(error, match=str(status)):
+        connect(httpserver).open(httpserver.url_for("/f"))
+
+
+def test_basic_auth_token_and_headers_reach_the_provider(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/basic", headers={"Authorization": BASIC, "X-Api-Key": "k"}).respond_with_data("b")
+    httpserver.expect_request("/token", headers={"Authorization": "Bearer tok"}).respond_with_data("t")
+
+    basic = connect(httpserver, username="alice", password="pw", headers={"X-Api-Key": "k"})
+    token = connect(httpserver, token="tok")
+
+    assert read_all(basic, httpserver.url_for("/basic")) == b"b"
+    assert read_all(token, httpserver.url_for("/token")) == b"t"
+
+
+def test_credentials_follow_redirects_only_to_login_hosts(httpserver: HTTPServer, login_server: HTTPServer) -> None:
+    seen: dict[str, str | None] = {}
+
+    def login(request: Request) -> Response:
+        seen[request.path] = request.headers.get("Authorization")
+        return Response("", status=302, headers={"Location": httpserver.url_for("/granted")})
+
+    def elsewhere(request: Request) -> Response:
+        seen[request.path] = request.headers.get("Authorization")
+        return Response("mirror")
+
+    login_server.expect_request("/login").respond_with_handler(login)
+    login_server.expect_request("/mirror").respond_with_handler(elsewhere)
+    httpserver.expect_request("/via-login").respond_with_data(
+        "", status=302, headers={"Location": login_server.url_for("/login")}
+    )
+    httpserver.expect_request("/granted", headers={"Authorization": BASIC}).respond_with_data("data")
+    httpserver.expect_request("/via-mirror").respond_with_data(
+        "", status=302, headers={"Location": login_server.url_for("/mirror")}
+    )
+
+    with_login = connect(httpserver, username="alice", password="pw", login_hosts=("127.0.0.1",))
+    without = connect(httpserver, username="alice", password="pw")
+
+    assert read_all(with_login, httpserver.url_for("/via-login")) == b"data"
+    assert seen["/login"] == BASIC
+    assert read_all(without, httpserver.url_for("/via-mirror")) == b"mirror"
+    assert seen["/mirror"] is None
+
+
+def test_range_resumes_and_a_server_ignoring_range_is_detected(httpserver: HTTPServer) -> None:
+    body = bytes(range(256)) * 100
+
+    def ranged(request: Request) -> Response:
+        start = int(request.headers["Range"].removeprefix("bytes=").rstrip("-"))
+        return Response(body[start:], status=206, headers={"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"})
+
+    httpserver.expect_request("/ranged").respond_with_handler(ranged)
+    httpserver.expect_request("/plain").respond_with_data(body)
+    connection = connect(httpserver)
+
+    stream = connection.open(httpserver.url_for("/ranged"), offset=1000)
+    assert stream.size == len(body)
+    stream.close()
+    assert read_all(connection, httpserver.url_for("/ranged"), offset=1000) == body[1000:]
+    with pytest.raises(SourceUnavailable, match="ignored the Range"):
+        connection.open(httpserver.url_for("/plain"), offset=1000)
+
+
+def test_a_stalled_provider_times_out_as_source_unavailable(httpserver: HTTPServer) -> None:
+    def stall(request: Request) -> Response:
+        time.sleep(3)
+        return Response("late")
+
+    httpserver.expect_request("/stall").respond_with_handler(stall)
+    started = time.monotonic()
+    with pytest.raises(SourceUnavailable):
+        connect(httpserver, read_timeout_s=1).open(httpserver.url_for("/stall"))
+    assert time.monotonic() - started < 2.5
+
+
+def test_connection_refused_is_source_unavailable() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = HttpConnConfig(type="http", host=f"127.0.0.1:{port}")
+    with pytest.raises(SourceUnavailable, match="failed"):
+        HttpConnection(config, ConnectionSettings()).open(f"http://127.0.0.1:{port}/f")
+
+
+def test_content_is_read_raw_never_decoded(httpserver: HTTPServer) -> None:
+    gz = b"\x1f\x8b\x08\x00fake-gzip-bytes"
+    httpserver.expect_request("/a.gz").respond_with_data(gz, headers={"Content-Encoding": "gzip"})
+    assert read_all(connect(httpserver), httpserver.url_for("/a.gz")) == gz

@@ -1,0 +1,78 @@
+"""The stream upload_fileobj reads, and the part size rules."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from provider_gateway.errors import GatewayShutdown, IntegrityError
+from provider_gateway.messages import Checksum
+from provider_gateway.transfer.s3upload import MAX_PARTS, MiB, part_size_for
+from provider_gateway.transfer.stream import TransferStream
+
+
+class Dribble:
+    """A source that returns at most ``step`` bytes per read, as sockets do."""
+
+    def __init__(self, data: bytes, step: int = 1000) -> None:
+        self.data, self.step, self.pos, self.size = data, step, 0, len(data)
+
+    def read(self, amount: int) -> bytes:
+        piece = self.data[self.pos : self.pos + min(amount, self.step)]
+        self.pos += len(piece)
+        return piece
+
+    def close(self) -> None:
+        pass
+
+
+def test_reads_are_filled_so_parts_are_never_short() -> None:
+    data = bytes(range(256)) * 40
+    stream = TransferStream(Dribble(data), len(data), None, lambda: None)
+    assert len(stream.read(4096)) == 4096
+    assert len(stream.read(4096)) == 4096
+    assert stream.read(4096) == data[8192:]
+    assert stream.read(4096) == b""
+    assert stream.bytes == len(data)
+
+
+def test_checksum_is_computed_while_streaming_and_a_mismatch_raises_before_the_end() -> None:
+    data = b"x" * 5000
+    good = Checksum("sha256", hashlib.sha256(data).hexdigest())
+    ok = TransferStream(Dribble(data), None, good, lambda: None)
+    assert ok.read(-1) == data
+    assert ok.checksum == good
+
+    bad = TransferStream(Dribble(data), None, Checksum("md5", "0" * 32), lambda: None)
+    with pytest.raises(IntegrityError, match="md5 is"):
+        bad.read(10_000)
+    assert isinstance(bad.error, IntegrityError)
+
+
+@pytest.mark.parametrize(("expected", "message"), [(6000, "received 5000 bytes, expected 6000"),
+                                                   (4000, "more than the expected 4000")])
+def test_size_mismatch_is_an_integrity_error(expected: int, message: str) -> None:
+    stream = TransferStream(Dribble(b"y" * 5000), expected, None, lambda: None)
+    with pytest.raises(IntegrityError, match=message):
+        stream.read(10_000)
+
+
+def test_cancellation_is_raised_from_read() -> None:
+    reason: list[GatewayShutdown] = []
+    stream = TransferStream(Dribble(b"z" * 10_000), None, None, lambda: reason[0] if reason else None)
+    assert stream.read(1000)
+    reason.append(GatewayShutdown("stopping"))
+    with pytest.raises(GatewayShutdown):
+        stream.read(1000)
+
+
+def test_part_size_fits_any_size_up_to_5_tib_in_10000_parts() -> None:
+    minimum = 8 * MiB
+    assert part_size_for(None, minimum) == minimum
+    assert part_size_for(1, minimum) == minimum
+    for size in (80 * 1024 * MiB, 1024**4, 5 * 1024**4):
+        part = part_size_for(size, minimum)
+        assert part % MiB == 0
+        assert -(-size // part) <= MAX_PARTS
+    assert part_size_for(5 * 1024**4, minimum) == 525 * MiB
