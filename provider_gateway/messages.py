@@ -89,9 +89,7 @@ def parse_download_task(
     files = payload.get("files")
     if not isinstance(files, list) or not files:
         raise InvalidRequest("payload.files: must be a non-empty list of files")
-    requests = tuple(
-        _file_request(i, entry, message, url_check, allowed_buckets) for i, entry in enumerate(files)
-    )
+    requests = tuple(_file_request(i, entry, message, url_check, allowed_buckets) for i, entry in enumerate(files))
     return DownloadTask(message=message, payload=payload, files=requests)
 
 
@@ -112,7 +110,7 @@ def _payload(message: dict[str, Any], read_pointer: PointerReader | None) -> dic
             raise InvalidRequest("payload: an S3 pointer cannot be followed here")
         try:
             payload = read_pointer(str(payload["Bucket"]), str(payload["Key"]))
-        except Exception as exc:  # noqa: BLE001 - any failure to read the pointer is the request's
+        except Exception as exc:
             raise InvalidRequest(f"payload: cannot read S3 pointer: {exc}") from exc
     if not isinstance(payload, dict):
         raise InvalidRequest("payload: required, an object with a 'files' list")
@@ -161,12 +159,11 @@ def _target(target: Any, url: str, message: dict[str, Any], where: str) -> tuple
         output = output_config(message, "DownloadActivity")
         if output is None:
             raise InvalidRequest(
-                f"{where}.target: FROM_CONFIG needs config.output "
-                "(or workflow_config_template.DownloadActivity.output)"
+                f"{where}.target: FROM_CONFIG needs config.output (or workflow_config_template.DownloadActivity.output)"
             )
         return target_from_config(output, url, message, f"{where}.target")
     if not isinstance(target, dict):
-        raise InvalidRequest(f"{where}.target: required, {{bucket, key}} or \"FROM_CONFIG\"")
+        raise InvalidRequest(f'{where}.target: required, {{bucket, key}} or "FROM_CONFIG"')
     bucket, key = target.get("bucket"), target.get("key")
     if not isinstance(bucket, str) or not _BUCKET.match(bucket):
         raise InvalidRequest(f"{where}.target.bucket: required, a valid S3 bucket name; got {bucket!r}")
@@ -181,14 +178,13 @@ def output_config(message: dict[str, Any], template_name: str) -> dict[str, Any]
         message.get("config"),
         (message.get("workflow_config_template") or {}).get(template_name),
     ):
-        if isinstance(config, dict) and isinstance(config.get("output"), dict):
-            return config["output"]
+        output = config.get("output") if isinstance(config, dict) else None
+        if isinstance(output, dict):
+            return output
     return None
 
 
-def target_from_config(
-    output: dict[str, Any], url: str, message: dict[str, Any], where: str
-) -> tuple[str, str]:
+def target_from_config(output: dict[str, Any], url: str, message: dict[str, Any], where: str) -> tuple[str, str]:
     """The (bucket, key) that ``FROM_CONFIG`` means for ``url``."""
     bucket = fill_placeholders(output.get("bucket"), message, f"{where}: config.output.bucket")
     prefix = fill_placeholders(output.get("key_prefix", ""), message, f"{where}: config.output.key_prefix")
@@ -272,8 +268,6 @@ def download_output(task: DownloadTask, results: list[FileResult]) -> dict[str, 
     message = copy.deepcopy(task.message)
     payload = copy.deepcopy(task.payload)
     entries = payload["files"]
-    payload["files"] = [
-        file_output(entries[r.index], r, results[r.index]) for r in task.files
-    ]
+    payload["files"] = [file_output(entries[r.index], r, results[r.index]) for r in task.files]
     message["payload"] = payload
     return message

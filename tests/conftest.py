@@ -75,12 +75,14 @@ def gateway(tmp_path: Path, aws_env: dict[str, str], request: pytest.FixtureRequ
     """Starts ``provider-gateway run`` for one provider; stopped (SIGTERM) after the test."""
     started: list[GatewayProcess] = []
 
-    def start(activity_arn: str, conn_config: dict[str, Any], provider_id: str = "HTTP_PROV", **settings: Any) -> GatewayProcess:
+    def start(
+        activity_arn: str, conn_config: dict[str, Any], provider_id: str = "HTTP_PROV", **settings: Any
+    ) -> GatewayProcess:
         gateway_config = {"activity_arn": activity_arn, "conn_config": conn_config, "num_connections": 2}
         gateway_config.update(settings)
-        config = write_config(tmp_path / f"collections-{len(started)}.yml", [
-            {"id": provider_id, "gateway_config": gateway_config}
-        ])
+        config = write_config(
+            tmp_path / f"collections-{len(started)}.yml", [{"id": provider_id, "gateway_config": gateway_config}]
+        )
         process = GatewayProcess(config, aws_env, tmp_path / f"gateway-{len(started)}.log")
         started.append(process)
         return process

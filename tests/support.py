@@ -46,9 +46,9 @@ def create_state_machine(sfn: Any, activity_arn: str, heartbeat_s: int = 30, tim
         },
     }
     return str(
-        sfn.create_state_machine(
-            name=unique("sm"), definition=json.dumps(definition), roleArn=ROLE_ARN
-        )["stateMachineArn"]
+        sfn.create_state_machine(name=unique("sm"), definition=json.dumps(definition), roleArn=ROLE_ARN)[
+            "stateMachineArn"
+        ]
     )
 
 
@@ -82,9 +82,7 @@ def download_message(files: list[tuple[str, str, str]], **source_extra: Any) -> 
 
 def write_config(path: Path, providers: list[dict[str, Any]]) -> Path:
     """collections.yml with these providers (each: id + gateway_config mapping)."""
-    document = {
-        "providers": [{"id": p["id"], "config": {"gateway_config": p["gateway_config"]}} for p in providers]
-    }
+    document = {"providers": [{"id": p["id"], "config": {"gateway_config": p["gateway_config"]}} for p in providers]}
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
 

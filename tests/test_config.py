@@ -41,7 +41,10 @@ providers:
 def validate(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [cli_path(), "validate", "--config", str(path)],
-        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=60,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
     )
 
 
@@ -73,8 +76,10 @@ def test_validate_prints_providers_with_secrets_masked(tmp_path: Path) -> None:
         (lambda g: g["conn_config"].update(verify_tls="yes"), "verify_tls: must be true or false"),
         (lambda g: g["conn_config"].update(pasword="x"), "conn_config: unknown key(s): pasword"),
         (lambda g: g.update(conn_config={"type": "ftp"}), "conn_config.host: required"),
-        (lambda g: g.update(conn_config={"type": "sftp", "host": "h", "username": "u", "password": "p"}),
-         "known_hosts_file"),
+        (
+            lambda g: g.update(conn_config={"type": "sftp", "host": "h", "username": "u", "password": "p"}),
+            "known_hosts_file",
+        ),
     ],
 )
 def test_each_config_error_exits_2_and_names_the_key(tmp_path: Path, change: Any, named: str) -> None:
@@ -166,7 +171,8 @@ def test_gitc_resources_resolve_on_the_stack_named_by_stack_name(
         "Resources": {
             "HttpProvDownloadActivity": {"Type": "AWS::StepFunctions::Activity", "Properties": {"Name": unique("dl")}},
             f"{stack_name}HttpProvSyncActivity": {
-                "Type": "AWS::StepFunctions::Activity", "Properties": {"Name": unique("sync")}
+                "Type": "AWS::StepFunctions::Activity",
+                "Properties": {"Name": unique("sync")},
             },
         }
     }
@@ -206,7 +212,9 @@ def test_config_from_s3(tmp_path: Path, s3: Any, bucket: str, aws_env: dict[str,
 
     done = subprocess.run(
         [cli_path(), "validate", "--config", f"s3://{bucket}/ingest/collections.yml"],
-        capture_output=True, text=True, env={**os.environ, **aws_env, "HTTP_PROV_PASSWORD": "x"},
+        capture_output=True,
+        text=True,
+        env={**os.environ, **aws_env, "HTTP_PROV_PASSWORD": "x"},
     )
 
     assert done.returncode == 0, done.stderr
@@ -214,7 +222,9 @@ def test_config_from_s3(tmp_path: Path, s3: Any, bucket: str, aws_env: dict[str,
 
 
 def test_duplicate_provider_ids_are_refused() -> None:
-    provider = {"id": "P", "config": {"gateway_config": {
-        "activity_arn": ARN, "conn_config": {"type": "http"}, "num_connections": 1}}}
+    provider = {
+        "id": "P",
+        "config": {"gateway_config": {"activity_arn": ARN, "conn_config": {"type": "http"}, "num_connections": 1}},
+    }
     with pytest.raises(ConfigError, match="duplicate provider id 'P'"):
         parse_config({"providers": [provider, provider]}, resolver=str)

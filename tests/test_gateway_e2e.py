@@ -12,7 +12,7 @@ import pytest
 
 from provider_gateway.local.http_server import FileHTTPServer
 from tests.conftest import GatewayFactory
-from tests.support import create_activity, create_state_machine, download_message, start, wait_done
+from tests.support import create_state_machine, download_message, start, wait_done
 
 MiB = 1024 * 1024
 
@@ -105,10 +105,12 @@ def test_missing_file_fails_the_execution_with_source_not_found(
 ) -> None:
     gateway(activity, _http(provider))
     machine = create_state_machine(sfn, activity)
-    message = download_message([
-        (provider.url("/data/small.h5"), bucket, "small.h5"),
-        (provider.url("/data/missing.h5"), bucket, "missing.h5"),
-    ])
+    message = download_message(
+        [
+            (provider.url("/data/small.h5"), bucket, "small.h5"),
+            (provider.url("/data/missing.h5"), bucket, "missing.h5"),
+        ]
+    )
 
     done = wait_done(sfn, start(sfn, machine, message))
 
@@ -126,10 +128,12 @@ def test_per_file_mode_succeeds_and_flags_the_missing_file(
 ) -> None:
     gateway(activity, _http(provider), failure_mode="per_file")
     machine = create_state_machine(sfn, activity)
-    message = download_message([
-        (provider.url("/data/missing.h5"), bucket, "missing.h5"),
-        (provider.url("/data/small.h5"), bucket, "small.h5"),
-    ])
+    message = download_message(
+        [
+            (provider.url("/data/missing.h5"), bucket, "missing.h5"),
+            (provider.url("/data/small.h5"), bucket, "small.h5"),
+        ]
+    )
 
     done = wait_done(sfn, start(sfn, machine, message))
 
@@ -147,8 +151,7 @@ def test_two_connections_serve_ten_files_over_several_tasks(
     names = sorted(p for p in provider.files if p.startswith("/batch/"))
     groups = [names[0:4], names[4:7], names[7:9], names[9:10]]
     executions = [
-        start(sfn, machine, download_message([(provider.url(n), bucket, n[1:]) for n in group]))
-        for group in groups
+        start(sfn, machine, download_message([(provider.url(n), bucket, n[1:]) for n in group])) for group in groups
     ]
 
     results = [wait_done(sfn, arn) for arn in executions]
@@ -250,7 +253,9 @@ def test_a_refused_heartbeat_cancels_the_transfer_and_frees_the_connection(
         assert wait_done(sfn, timed_out)["error"] == "States.Timeout"
 
         patient = create_state_machine(sfn, activity, heartbeat_s=30)
-        follow_up = wait_done(sfn, start(sfn, patient, download_message([(slow.url("/next.bin"), bucket, "next.bin")])), timeout_s=30)
+        follow_up = wait_done(
+            sfn, start(sfn, patient, download_message([(slow.url("/next.bin"), bucket, "next.bin")])), timeout_s=30
+        )
 
     assert follow_up["status"] == "SUCCEEDED", follow_up
     assert "heartbeat refused (TaskTimedOut)" in process.log()

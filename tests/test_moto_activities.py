@@ -104,5 +104,5 @@ def test_tasks_of_ended_executions_are_not_delivered(sfn: Any) -> None:
 def test_install_refuses_an_unchecked_moto_version(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(moto_activities, "_installed", False)
     monkeypatch.setattr(moto_activities.moto, "__version__", "9.9.9")
-    with pytest.raises(RuntimeError, match="supports moto 5.2.5, found 9.9.9"):
+    with pytest.raises(RuntimeError, match=r"supports moto 5\.2\.5, found 9\.9\.9"):
         moto_activities.install()

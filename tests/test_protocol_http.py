@@ -47,8 +47,14 @@ def login_server() -> Iterator[HTTPServer]:
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(404, SourceNotFound), (410, SourceNotFound), (401, SourceAccessDenied), (403, SourceAccessDenied),
-     (500, SourceUnavailable), (503, SourceUnavailable)],
+    [
+        (404, SourceNotFound),
+        (410, SourceNotFound),
+        (401, SourceAccessDenied),
+        (403, SourceAccessDenied),
+        (500, SourceUnavailable),
+        (503, SourceUnavailable),
+    ],
 )
 def test_statuses_become_contract_errors(httpserver: HTTPServer, status: int, error: type[Exception]) -> None:
     httpserver.expect_request("/f").respond_with_data("no", status=status)
@@ -102,7 +108,9 @@ def test_range_resumes_and_a_server_ignoring_range_is_detected(httpserver: HTTPS
 
     def ranged(request: Request) -> Response:
         start = int(request.headers["Range"].removeprefix("bytes=").rstrip("-"))
-        return Response(body[start:], status=206, headers={"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"})
+        return Response(
+            body[start:], status=206, headers={"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"}
+        )
 
     httpserver.expect_request("/ranged").respond_with_handler(ranged)
     httpserver.expect_request("/plain").respond_with_data(body)

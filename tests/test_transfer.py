@@ -50,8 +50,9 @@ def test_checksum_is_computed_while_streaming_and_a_mismatch_raises_before_the_e
     assert isinstance(bad.error, IntegrityError)
 
 
-@pytest.mark.parametrize(("expected", "message"), [(6000, "received 5000 bytes, expected 6000"),
-                                                   (4000, "more than the expected 4000")])
+@pytest.mark.parametrize(
+    ("expected", "message"), [(6000, "received 5000 bytes, expected 6000"), (4000, "more than the expected 4000")]
+)
 def test_size_mismatch_is_an_integrity_error(expected: int, message: str) -> None:
     stream = TransferStream(Dribble(b"y" * 5000), expected, None, lambda: None)
     with pytest.raises(IntegrityError, match=message):

@@ -12,8 +12,14 @@ _MISSING: Any = object()
 
 def _describe(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-             list: "a list", dict: "a mapping"}
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
@@ -56,14 +62,9 @@ class Fields:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if isinstance(value, bool) and bool not in kinds:
-            ok = False
-        else:
-            ok = isinstance(value, kinds)
-        if not ok:
-            raise ConfigError(
-                f"{self.key_path(key)}: must be {_describe(kind)}, got {value!r}"
-            )
+        # bool is an int in Python, but "true" is not a valid num_connections.
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            raise ConfigError(f"{self.key_path(key)}: must be {_describe(kind)}, got {value!r}")
         problem = check(value) if check else None
         if problem:
             raise ConfigError(f"{self.key_path(key)}: {problem}")

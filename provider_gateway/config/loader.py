@@ -217,7 +217,7 @@ def cloudformation_resolver(client_factory: Callable[[], Any] | None = None) -> 
         for logical_id in (name, f"{stack}{name}"):
             try:
                 found = client.describe_stack_resources(StackName=stack, LogicalResourceId=logical_id)
-            except Exception as exc:  # noqa: BLE001 - ValidationError for missing stacks, and transport errors
+            except Exception as exc:
                 if "does not exist" in str(exc):
                     continue
                 raise ConfigError(f"!GitcResource {name}: cannot query stack {stack}: {exc}") from exc

@@ -31,9 +31,7 @@ class _Loader(yaml.SafeLoader):
 
 def _resource(loader: yaml.SafeLoader, node: yaml.Node) -> ResourceRef:
     if not isinstance(node, yaml.ScalarNode):
-        raise yaml.constructor.ConstructorError(
-            None, None, f"{RESOURCE_TAG} takes a resource name", node.start_mark
-        )
+        raise yaml.constructor.ConstructorError(None, None, f"{RESOURCE_TAG} takes a resource name", node.start_mark)
     return ResourceRef(str(loader.construct_scalar(node)).strip())
 
 
@@ -78,7 +76,7 @@ def _expand(value: Any, path: str, env: Mapping[str, str]) -> Any:
     if isinstance(value, str):
         text = _substitute(value, path, env)
         if text.startswith(_RESOURCE_PREFIX):
-            return ResourceRef(text[len(_RESOURCE_PREFIX):].strip())
+            return ResourceRef(text[len(_RESOURCE_PREFIX) :].strip())
         return text
     return value
 

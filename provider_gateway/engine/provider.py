@@ -48,8 +48,13 @@ class ProviderRuntime:
         ]
         self.pollers = [
             ActivityPoller(
-                sfn, gateway.activity_arn, self.queue, self._start_task, self._refuse,
-                worker_name=worker_name, name=f"{provider.id}-poll-download",
+                sfn,
+                gateway.activity_arn,
+                self.queue,
+                self._start_task,
+                self._refuse,
+                worker_name=worker_name,
+                name=f"{provider.id}-poll-download",
             )
         ]
 
@@ -61,7 +66,10 @@ class ProviderRuntime:
             poller.start()
         log.info(
             "serving provider %s (%s) with %d connection(s) from %s",
-            self.provider.id, self.provider.gateway.conn.type, len(self.workers), self.provider.gateway.activity_arn,
+            self.provider.id,
+            self.provider.gateway.conn.type,
+            len(self.workers),
+            self.provider.gateway.activity_arn,
         )
 
     def _start_task(self, token: str, raw_input: str | None) -> list[FileJob]:
@@ -74,7 +82,9 @@ class ProviderRuntime:
         )
         run = TaskRun(token, task, self._responder, gateway.failure_mode, label=token[-12:])
         run.heartbeat = Heartbeat(
-            self._sfn, token, gateway.heartbeat_interval_s,
+            self._sfn,
+            token,
+            gateway.heartbeat_interval_s,
             on_lost=lambda code: run.cancel(TaskCancelled(f"Step Functions answered {code}")),
             name=f"{self.provider.id}-heartbeat-{token[-8:]}",
         ).start()

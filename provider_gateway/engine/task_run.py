@@ -7,6 +7,8 @@ import threading
 from dataclasses import dataclass
 from typing import Literal
 
+from provider_gateway.engine.heartbeat import Heartbeat
+from provider_gateway.engine.responder import Responder, bounded_cause
 from provider_gateway.errors import GatewayError
 from provider_gateway.messages import (
     DownloadTask,
@@ -15,8 +17,6 @@ from provider_gateway.messages import (
     download_output,
     file_output,
 )
-from provider_gateway.engine.heartbeat import Heartbeat
-from provider_gateway.engine.responder import Responder, bounded_cause
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,10 @@ class TaskRun:
             self._responder.success(self.token, download_output(self.task, results))
         log.info(
             "task %s answered: %d file(s), %d failed%s",
-            self.label, len(results), len(failed), f", cancelled ({reason.code})" if reason else "",
+            self.label,
+            len(results),
+            len(failed),
+            f", cancelled ({reason.code})" if reason else "",
         )
         self.finished.set()
 

@@ -7,6 +7,7 @@ accepted in all, and the most open at once.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -83,18 +84,16 @@ class _Handler(BaseHTTPRequestHandler):
     server: FileHTTPServer
 
     def handle(self) -> None:
-        try:
+        with contextlib.suppress(ConnectionError):  # the client went away: nothing to answer
             super().handle()
-        except ConnectionError:
-            pass  # the client went away: nothing to answer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         pass
 
-    def do_HEAD(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_HEAD(self) -> None:
         self._serve(body=False)
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         self._serve(body=True)
 
     def _serve(self, body: bool) -> None:

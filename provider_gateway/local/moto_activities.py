@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import deque
 from typing import Any
 
 import moto
@@ -32,6 +31,7 @@ from moto.stepfunctions.parser.asl.eval.callback.callback import (
     CallbackNotifyConsumerError,
 )
 from moto.stepfunctions.parser.backend.activity import Activity, ActivityTask
+from moto.stepfunctions.parser.backend.execution import Execution
 
 SUPPORTED_MOTO = "5.2.5"
 LONG_POLL_S = 60.0
@@ -44,7 +44,6 @@ class LongPollActivity(Activity):
 
     def __init__(self, arn: str, name: str) -> None:
         super().__init__(arn=arn, name=name)
-        self._tasks: deque[ActivityTask] = deque()
         self._cond = threading.Condition()
 
     def add_task(self, task: ActivityTask) -> None:
@@ -70,14 +69,14 @@ def activity_store(backend: Any) -> dict[str, LongPollActivity]:
     if store is None:
         store = {}
         backend._gateway_activity_store = store
-    return store  # type: ignore[no-any-return]
+    return store
 
 
 def _backend(account_id: str, region: str) -> Any:
     return parser_models.stepfunctions_parser_backends[account_id][region]
 
 
-class _Execution(parser_models.Execution):  # type: ignore[misc]
+class _Execution(Execution):
     """An execution that sees its backend's activities instead of an empty store."""
 
     def __init__(self, *, account_id: str, region_name: str, **kwargs: Any) -> None:
@@ -108,7 +107,7 @@ def _closed() -> TaskTimedOut:
 def _check_open(backend: Any, token: str) -> Any:
     found = _find_endpoint(backend, token)
     if found is None:
-        raise InvalidToken()
+        raise InvalidToken()  # type: ignore[no-untyped-call]
     execution, endpoint = found
     if endpoint.consumer_error is not None or not _running(execution):
         raise _closed()
@@ -173,7 +172,7 @@ def _close_activity_endpoint(original: Any) -> Any:
     return evaluate
 
 
-class CloudFormationActivity(CloudFormationModel):  # type: ignore[misc]
+class CloudFormationActivity(CloudFormationModel):
     """``AWS::StepFunctions::Activity`` in stacks, so ``!GitcResource`` resolves locally too."""
 
     def __init__(self, arn: str) -> None:
@@ -192,7 +191,7 @@ class CloudFormationActivity(CloudFormationModel):  # type: ignore[misc]
         return self.arn
 
     @classmethod
-    def create_from_cloudformation_json(  # type: ignore[override]
+    def create_from_cloudformation_json(
         cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any
     ) -> CloudFormationActivity:
         name = cloudformation_json.get("Properties", {}).get("Name", resource_name)
@@ -242,15 +241,22 @@ def install(long_poll_s: float = LONG_POLL_S) -> None:
             )
         default_user_config.setdefault("stepfunctions", {})["execute_state_machine"] = True
         backend = parser_models.StepFunctionsParserBackend
-        parser_models.Execution = _Execution
-        backend.create_activity = _create_activity(backend.create_activity)
-        backend.delete_activity = _delete_activity(backend.delete_activity)
-        backend.start_execution = _start_execution(backend.start_execution)
-        backend.send_task_heartbeat = _send_task_heartbeat
-        backend.send_task_success = _wrap_notify(backend.send_task_success)
-        backend.send_task_failure = _wrap_notify(backend.send_task_failure)
-        activity_state = state_task_activitiy.StateTaskActivity
-        activity_state._eval_execution = _close_activity_endpoint(activity_state._eval_execution)
-        sfn_responses.StepFunctionResponse.get_activity_task = _get_activity_task
-        sfn_responses.StepFunctionResponse.send_task_failure = _send_task_failure
+        patches: list[tuple[Any, str, Any]] = [
+            (parser_models, "Execution", _Execution),
+            (backend, "create_activity", _create_activity(backend.create_activity)),
+            (backend, "delete_activity", _delete_activity(backend.delete_activity)),
+            (backend, "start_execution", _start_execution(backend.start_execution)),
+            (backend, "send_task_heartbeat", _send_task_heartbeat),
+            (backend, "send_task_success", _wrap_notify(backend.send_task_success)),
+            (backend, "send_task_failure", _wrap_notify(backend.send_task_failure)),
+            (
+                state_task_activitiy.StateTaskActivity,
+                "_eval_execution",
+                _close_activity_endpoint(state_task_activitiy.StateTaskActivity._eval_execution),
+            ),
+            (sfn_responses.StepFunctionResponse, "get_activity_task", _get_activity_task),
+            (sfn_responses.StepFunctionResponse, "send_task_failure", _send_task_failure),
+        ]
+        for target, name, value in patches:
+            setattr(target, name, value)
         _installed = True

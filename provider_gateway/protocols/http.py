@@ -97,9 +97,7 @@ class HttpConnection:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=1, pool_block=True, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        session.headers.update(
-            {"User-Agent": f"{settings.user_agent}/{__version__}", "Accept-Encoding": "identity"}
-        )
+        session.headers.update({"User-Agent": f"{settings.user_agent}/{__version__}", "Accept-Encoding": "identity"})
         if self._conn.ca_bundle:
             session.verify = self._conn.ca_bundle
         elif not self._conn.verify_tls:
@@ -114,9 +112,7 @@ class HttpConnection:
         auth = self._session.scoped_auth
         if not self._conn.host:
             # No host configured: the task's own host is the provider's.
-            auth.hosts = {h.lower() for h in self._conn.login_hosts} | {
-                (urlsplit(url).hostname or "").lower()
-            }
+            auth.hosts = {h.lower() for h in self._conn.login_hosts} | {(urlsplit(url).hostname or "").lower()}
         return auth
 
     def open(self, url: str, offset: int = 0) -> HttpStream:

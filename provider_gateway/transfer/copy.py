@@ -53,11 +53,15 @@ def open_source(
     ``connection`` returns the thread's live connection (reconnecting if it was
     dropped); ``stop`` cuts a backoff sleep short when the task is cancelled.
     """
+
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)
+
     retrying = Retrying(
         stop=stop_after_attempt(options.retries + 1),
         wait=wait_exponential(multiplier=0.5, max=options.retry_wait_max_s),
         retry=retry_if_exception(_retryable),
-        sleep=stop.wait,
+        sleep=sleep,
         reraise=True,
     )
     for attempt in retrying:

@@ -82,22 +82,16 @@ class TransferStream:
         if self._hash is not None:
             self._hash.update(piece)
         if self._expected_size is not None and self.bytes > self._expected_size:
-            raise IntegrityError(
-                f"received more than the expected {self._expected_size} bytes"
-            )
+            raise IntegrityError(f"received more than the expected {self._expected_size} bytes")
         if self._progress is not None:
             self._progress(len(piece))
 
     def _verify_end(self) -> None:
         if self._expected_size is not None and self.bytes != self._expected_size:
-            raise IntegrityError(
-                f"received {self.bytes} bytes, expected {self._expected_size}"
-            )
+            raise IntegrityError(f"received {self.bytes} bytes, expected {self._expected_size}")
         digest = self.checksum
         if self._expected is not None and digest is not None and digest.value != self._expected.value:
-            raise IntegrityError(
-                f"{self._expected.algorithm} is {digest.value}, expected {self._expected.value}"
-            )
+            raise IntegrityError(f"{self._expected.algorithm} is {digest.value}, expected {self._expected.value}")
 
     @property
     def checksum(self) -> Checksum | None:

@@ -1,0 +1,56 @@
+"""The files in examples/ stay valid: users copy them."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provider_gateway.config import HttpConnConfig, load_config
+from provider_gateway.messages import parse_download_task
+from provider_gateway.protocols import check_url
+from provider_gateway.workflow import download_state_machine
+from tests.support import ROLE_ARN, unique
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROV_USERNAME", "HTTP_PROV_PASSWORD", "TOKEN_PROV_TOKEN"):
+        monkeypatch.setenv(name, "x")
+
+    config = load_config(
+        str(EXAMPLES / "collections.yml"),
+        resolver=lambda name: f"arn:aws:states:us-west-2:123456789012:activity:{name}",
+    )
+
+    assert [p.id for p in config.providers] == ["HTTP_PROV", "TOKEN_PROV"]
+    assert config.providers[0].gateway.sync_activity_arn is not None
+    assert config.providers[0].gateway.activity_arn.endswith(":HttpProvDownloadActivity")
+
+
+def test_example_state_machine_is_the_one_the_code_builds_and_the_engine_accepts(sfn: Any) -> None:
+    definition = json.loads((EXAMPLES / "download-state-machine.asl.json").read_text())
+    activity = definition["States"]["Download"]["Resource"]
+
+    assert definition == download_state_machine(activity)
+    created = sfn.create_state_machine(name=unique("example"), definition=json.dumps(definition), roleArn=ROLE_ARN)
+    assert created["stateMachineArn"]
+
+
+@pytest.mark.parametrize("name", ["download.json", "download-original-format.json"])
+def test_example_download_tasks_parse(name: str) -> None:
+    conn = HttpConnConfig(type="https", host="data.example.org")
+    raw = (EXAMPLES / "tasks" / name).read_text()
+
+    task = parse_download_task(raw, url_check=functools.partial(check_url, conn))
+
+    assert all(f.bucket == "my-science-bucket" for f in task.files)
+    assert all(f.key.endswith((".h5", ".nc")) for f in task.files)
+    if name == "download.json":
+        assert task.files[1].key == "sources/MODIS/granule 002.h5"
+    else:
+        assert task.files[0].key == "sources/VIIRS/granule_003.nc"

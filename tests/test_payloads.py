@@ -1,0 +1,81 @@
+"""Payloads too large for Step Functions: S3 pointers in, pointers or OutputTooLarge out."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from provider_gateway.local.http_server import FileHTTPServer
+from tests.conftest import GatewayFactory
+from tests.support import create_state_machine, start, wait_done
+
+# Under the 256 KiB input limit, but the output adds a result to each of many files.
+FILE_COUNT = 400
+INPUT_BYTES = 258_000
+LIMIT = 262_144
+
+
+@pytest.fixture
+def provider() -> Iterator[FileHTTPServer]:
+    with FileHTTPServer({"/tiny.txt": b"t"}) as server:
+        yield server
+
+
+def _many_files_message(provider: FileHTTPServer, bucket: str) -> dict[str, Any]:
+    def entry(i: int, padding: str) -> dict[str, Any]:
+        target = {"bucket": bucket, "key": f"k/{i:04d}"}
+        return {"source": {"url": provider.url("/tiny.txt")}, "target": target, "note": padding}
+
+    bare = len(json.dumps(entry(0, ""), separators=(",", ":")))
+    padding = "p" * (INPUT_BYTES // FILE_COUNT - bare)
+    message = {"payload": {"files": [entry(i, padding) for i in range(FILE_COUNT)]}}
+    assert len(json.dumps(message, separators=(",", ":"))) < LIMIT
+    return message
+
+
+def test_payload_given_as_s3_pointer_is_followed(
+    gateway: GatewayFactory, provider: FileHTTPServer, sfn: Any, s3: Any, bucket: str, activity: str
+) -> None:
+    gateway(activity, {"type": "http", "host": provider.host})
+    machine = create_state_machine(sfn, activity)
+    payload = {"files": [{"source": {"url": provider.url("/tiny.txt")}, "target": {"bucket": bucket, "key": "t.txt"}}]}
+    s3.put_object(Bucket=bucket, Key="in/payload.json", Body=json.dumps(payload).encode())
+
+    done = wait_done(sfn, start(sfn, machine, {"payload": {"Bucket": bucket, "Key": "in/payload.json"}}))
+
+    assert done["status"] == "SUCCEEDED", done
+    assert json.loads(done["output"])["payload"]["files"][0]["success"] is True
+    assert s3.get_object(Bucket=bucket, Key="t.txt")["Body"].read() == b"t"
+
+
+def test_output_over_the_limit_goes_to_the_payload_bucket(
+    gateway: GatewayFactory, provider: FileHTTPServer, sfn: Any, s3: Any, bucket: str, activity: str
+) -> None:
+    gateway(activity, {"type": "http", "host": provider.host}, payload_bucket=bucket)
+    machine = create_state_machine(sfn, activity, timeout_s=600)
+    message = _many_files_message(provider, bucket)
+
+    done = wait_done(sfn, start(sfn, machine, message), timeout_s=240)
+
+    assert done["status"] == "SUCCEEDED", done.get("cause", "")[:500]
+    pointer = json.loads(done["output"])["payload"]
+    assert set(pointer) == {"Bucket", "Key"} and pointer["Bucket"] == bucket
+    stored = json.loads(s3.get_object(Bucket=pointer["Bucket"], Key=pointer["Key"])["Body"].read())
+    assert len(stored["files"]) == FILE_COUNT
+    assert all(f["success"] and f["bytes"] == 1 for f in stored["files"])
+
+
+def test_output_over_the_limit_without_payload_bucket_is_output_too_large(
+    gateway: GatewayFactory, provider: FileHTTPServer, sfn: Any, bucket: str, activity: str
+) -> None:
+    gateway(activity, {"type": "http", "host": provider.host})
+    machine = create_state_machine(sfn, activity, timeout_s=600)
+
+    done = wait_done(sfn, start(sfn, machine, _many_files_message(provider, bucket)), timeout_s=240)
+
+    assert (done["status"], done["error"]) == ("FAILED", "OutputTooLarge")
+    assert "payload_bucket" in done["cause"]
