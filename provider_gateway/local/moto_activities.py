@@ -23,7 +23,7 @@ from moto.core.config import default_user_config
 from moto.core.responses import ActionResult, EmptyResult
 from moto.stepfunctions import responses as sfn_responses
 from moto.stepfunctions.parser import models as parser_models
-from moto.stepfunctions.parser.api import InvalidToken, TaskDoesNotExist, TaskTimedOut
+from moto.stepfunctions.parser.api import InvalidToken, TaskTimedOut
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import state_task_activitiy
 from moto.stepfunctions.parser.asl.eval.callback.callback import (
     ActivityCallbackEndpoint,
@@ -115,9 +115,9 @@ def _check_open(backend: Any, token: str) -> Any:
 
 
 def _send_task_heartbeat(self: Any, task_token: str) -> None:
-    endpoint = _check_open(self, task_token)
-    if not endpoint.notify_heartbeat():
-        raise TaskDoesNotExist("Task does not exist", "TaskDoesNotExist", 400)
+    # False when the state has no HeartbeatSeconds, or has not armed its timer yet
+    # (just after GetActivityTask): AWS accepts the heartbeat in both cases.
+    _check_open(self, task_token).notify_heartbeat()
 
 
 def _wrap_notify(original: Any) -> Any:
