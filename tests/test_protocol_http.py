@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import socket
+import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import trustme
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -149,3 +152,33 @@ def test_content_is_read_raw_never_decoded(httpserver: HTTPServer) -> None:
     gz = b"\x1f\x8b\x08\x00fake-gzip-bytes"
     httpserver.expect_request("/a.gz").respond_with_data(gz, headers={"Content-Encoding": "gzip"})
     assert read_all(connect(httpserver), httpserver.url_for("/a.gz")) == gz
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[HTTPServer, Path]]:
+    authority = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    authority.issue_cert("localhost").configure_cert(context)
+    server = HTTPServer(host="localhost", ssl_context=context)
+    server.start()
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    yield server, ca_file
+    server.clear()
+    server.stop()
+
+
+def test_tls_is_verified_by_default_and_trusts_ca_bundle(tls_server: tuple[HTTPServer, Path]) -> None:
+    server, ca_file = tls_server
+    server.expect_request("/secure").respond_with_data("s")
+    url = server.url_for("/secure")
+    assert url.startswith("https://")
+
+    def https(**conn: object) -> HttpConnection:
+        config = HttpConnConfig(type="https", host=f"localhost:{server.port}", **conn)  # type: ignore[arg-type]
+        return HttpConnection(config, ConnectionSettings())
+
+    with pytest.raises(SourceUnavailable, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        https().open(url)
+    assert read_all(https(ca_bundle=str(ca_file)), url) == b"s"
+    assert read_all(https(verify_tls=False), url) == b"s"

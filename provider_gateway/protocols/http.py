@@ -89,6 +89,8 @@ class HttpConnection:
     def __init__(self, conn: HttpConnConfig, settings: ConnectionSettings) -> None:
         self._conn = conn
         self._timeouts = (conn.timeout_s, settings.read_timeout_s)
+        # Passed on every request: a session-level value loses to REQUESTS_CA_BUNDLE in the environment.
+        self._verify: bool | str = conn.ca_bundle or conn.verify_tls
         self._session = self._new_session(settings)
 
     def _new_session(self, settings: ConnectionSettings) -> _Session:
@@ -98,10 +100,6 @@ class HttpConnection:
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers.update({"User-Agent": f"{settings.user_agent}/{__version__}", "Accept-Encoding": "identity"})
-        if self._conn.ca_bundle:
-            session.verify = self._conn.ca_bundle
-        elif not self._conn.verify_tls:
-            session.verify = False
         hosts = {h.lower() for h in self._conn.login_hosts}
         if self._conn.host:
             hosts.add((urlsplit(f"//{self._conn.host}").hostname or "").lower())
@@ -119,7 +117,12 @@ class HttpConnection:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
             response = self._session.get(
-                url, headers=headers, stream=True, timeout=self._timeouts, auth=self._auth_for(url)
+                url,
+                headers=headers,
+                stream=True,
+                timeout=self._timeouts,
+                auth=self._auth_for(url),
+                verify=self._verify,
             )
         except requests.RequestException as exc:
             raise SourceUnavailable(f"GET {url} failed: {_reason(exc)}") from exc
