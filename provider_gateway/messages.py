@@ -27,6 +27,11 @@ PointerReader = Callable[[str, str], Any]
 """Reads the JSON document at (bucket, key): how an S3 payload pointer is followed."""
 
 
+def url_path(url: str) -> str:
+    """The decoded (percent-unescaped) path of a URL: the file name a server knows."""
+    return unquote(urlsplit(url).path)
+
+
 @dataclass(frozen=True)
 class Checksum:
     """An expected digest: ``algorithm`` is one of :data:`CHECKSUM_ALGORITHMS`, ``value`` hex."""
@@ -50,7 +55,7 @@ class FileRequest:
     @property
     def path(self) -> str:
         """The decoded path of the source URL."""
-        return unquote(urlsplit(self.url).path)
+        return url_path(self.url)
 
 
 @dataclass(frozen=True)

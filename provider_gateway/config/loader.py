@@ -169,6 +169,7 @@ def _sftp(f: Fields) -> SftpConnConfig:
         username=f.take("username", str),
         password=f.take("password", str, None),
         private_key_file=f.take("private_key_file", str, None),
+        private_key_passphrase=f.take("private_key_passphrase", str, None),
         known_hosts_file=f.take("known_hosts_file", str, None),
         host_key=f.take("host_key", str, None),
         insecure_skip_host_key_check=f.take("insecure_skip_host_key_check", bool, False),

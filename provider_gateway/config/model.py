@@ -59,6 +59,7 @@ class SftpConnConfig:
     port: int = 22
     password: str | None = secret()
     private_key_file: str | None = None
+    private_key_passphrase: str | None = secret()
     known_hosts_file: str | None = None
     host_key: str | None = None
     insecure_skip_host_key_check: bool = False

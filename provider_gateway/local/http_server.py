@@ -7,6 +7,7 @@ accepted in all, and the most open at once.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import threading
 import time
@@ -24,9 +25,17 @@ class FileHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, files: dict[str, bytes] | None = None, rate_bytes_per_s: float | None = None) -> None:
+    def __init__(
+        self,
+        files: dict[str, bytes] | None = None,
+        rate_bytes_per_s: float | None = None,
+        basic_auth: tuple[str, str] | None = None,
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.files: dict[str, bytes] = dict(files or {})
+        self.authorization = (
+            "Basic " + base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode() if basic_auth else None
+        )
         self.rate = rate_bytes_per_s
         self.connections_total = 0
         self.connections_open = 0
@@ -99,6 +108,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, body: bool) -> None:
         path = unquote(urlsplit(self.path).path)
         self.server.requests.append(path)
+        if self.server.authorization and self.headers.get("Authorization") != self.server.authorization:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="provider"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         data = self.server.files.get(path)
         if data is None:
             self.send_response(404)

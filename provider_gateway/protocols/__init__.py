@@ -8,7 +8,9 @@ from typing import Any
 from provider_gateway.config.model import ConnConfig
 from provider_gateway.errors import ConfigError
 from provider_gateway.protocols.base import Connection, ConnectionSettings, SourceStream
+from provider_gateway.protocols.ftp import FtpConnection
 from provider_gateway.protocols.http import HttpConnection
+from provider_gateway.protocols.sftp import SftpConnection
 from provider_gateway.protocols.urls import check_url
 
 ConnectionFactory = Callable[[Any, ConnectionSettings], Connection]
@@ -16,6 +18,9 @@ ConnectionFactory = Callable[[Any, ConnectionSettings], Connection]
 REGISTRY: dict[str, ConnectionFactory] = {
     "http": HttpConnection,
     "https": HttpConnection,
+    "ftp": FtpConnection,
+    "ftps": FtpConnection,
+    "sftp": SftpConnection,
 }
 
 

@@ -23,8 +23,10 @@ class ConnectionSettings:
 class SourceStream(Protocol):
     """An open file at the provider, read from ``offset`` on."""
 
-    size: int | None
-    """Total size of the file in bytes, when the provider says it."""
+    @property
+    def size(self) -> int | None:
+        """Total size of the file in bytes, when the provider says it."""
+        ...
 
     def read(self, amount: int) -> bytes:
         """Up to ``amount`` bytes; ``b""`` only at the end of the file."""

@@ -1,0 +1,130 @@
+"""An FTP (or FTPS) server on loopback for the demo and the tests (pyftpdlib).
+
+It serves a directory and counts what a provider operator would watch:
+control sessions in all, the most open at once, and logins. It can drop
+every control connection, as a provider restarting would.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.ioloop import IOLoop
+from pyftpdlib.servers import FTPServer
+
+
+class FileFTPServer:
+    """pyftpdlib serving ``root`` to ``user``/``password`` (and anonymous if asked)."""
+
+    def __init__(
+        self,
+        root: Path,
+        user: str = "provider",
+        password: str = "secret",
+        tls_cert: Path | None = None,
+        anonymous: bool = False,
+    ) -> None:
+        self.root = root
+        self.user = user
+        self.password = password
+        self.sessions_total = 0
+        self.sessions_open = 0
+        self.sessions_max = 0
+        self.logins = 0
+        self.retrieved: list[str] = []
+        self._lock = threading.Lock()
+        self._handlers: set[Any] = set()
+        authorizer = DummyAuthorizer()
+        authorizer.add_user(user, password, str(root), perm="elr")
+        if anonymous:
+            authorizer.add_anonymous(str(root), perm="elr")
+        handler = self._handler_class(tls_cert)
+        handler.authorizer = authorizer
+        handler.auth_failed_timeout = 0.1
+        handler.banner = "provider-gateway test FTP"
+        handler.passive_ports = None
+        quiet = logging.getLogger("pyftpdlib")  # it logs every command at INFO otherwise
+        if not quiet.handlers:
+            quiet.addHandler(logging.NullHandler())
+        quiet.setLevel(logging.WARNING)
+        # One event loop per server (not pyftpdlib's process-wide one), so servers do not share it.
+        self._server = FTPServer(("127.0.0.1", 0), handler, ioloop=IOLoop())
+        self._server.max_cons = 64
+        self._thread: threading.Thread | None = None
+
+    def _handler_class(self, tls_cert: Path | None) -> type[FTPHandler]:
+        base: type[FTPHandler]
+        if tls_cert is not None:
+            from pyftpdlib.handlers import TLS_FTPHandler
+
+            base = TLS_FTPHandler
+        else:
+            base = FTPHandler
+        server = self
+
+        class CountingHandler(base):  # type: ignore[misc, valid-type]
+            def on_connect(self) -> None:
+                server._opened(self)
+
+            def on_disconnect(self) -> None:
+                server._closed(self)
+
+            def on_login(self, username: str) -> None:
+                with server._lock:
+                    server.logins += 1
+
+            def on_file_sent(self, file: str) -> None:
+                server.retrieved.append(file)
+
+        if tls_cert is not None:
+            CountingHandler.certfile = str(tls_cert)
+            CountingHandler.tls_control_required = True
+            CountingHandler.tls_data_required = True
+        return CountingHandler
+
+    def _opened(self, handler: Any) -> None:
+        with self._lock:
+            self._handlers.add(handler)
+            self.sessions_total += 1
+            self.sessions_open += 1
+            self.sessions_max = max(self.sessions_max, self.sessions_open)
+
+    def _closed(self, handler: Any) -> None:
+        with self._lock:
+            if handler in self._handlers:
+                self._handlers.discard(handler)
+                self.sessions_open -= 1
+
+    @property
+    def port(self) -> int:
+        return int(self._server.address[1])
+
+    def drop_sessions(self) -> int:
+        """Close every control connection now; returns how many were closed."""
+        with self._lock:
+            handlers = list(self._handlers)
+        for handler in handlers:
+            handler.ioloop.call_later(0, handler.close)
+        return len(handlers)
+
+    def start(self) -> FileFTPServer:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="ftp-provider", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.close_all()
+
+    def __enter__(self) -> FileFTPServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

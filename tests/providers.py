@@ -1,0 +1,181 @@
+"""One interface over the test providers of every protocol, for the contract suite."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import trustme
+
+from provider_gateway.local.ftp_server import FileFTPServer
+from provider_gateway.local.http_server import FileHTTPServer
+from provider_gateway.local.sftp_server import InProcessSFTPServer
+from tests.servers import SSHD, CountingProxy, Sshd
+
+PROTOCOLS = ["http", "ftp", "ftps", "sftp"]
+
+
+@dataclass
+class Provider:
+    """A running provider: where to put files, how to name them, how to connect."""
+
+    kind: str
+    put: Callable[[str, bytes], None]
+    url: Callable[[str], str]
+    conn_config: Callable[[bool], dict[str, Any]]
+    sessions_max: Callable[[], int]
+    sessions_total: Callable[[], int]
+    logins: Callable[[], int]
+    drop_sessions: Callable[[], int]
+    notes: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def http_provider(tmp: Path) -> Iterator[Provider]:
+    with FileHTTPServer(basic_auth=("provider", "secret")) as server:
+
+        def conn(valid: bool) -> dict[str, Any]:
+            return {
+                "type": "http",
+                "host": server.host,
+                "username": "provider",
+                "password": "secret" if valid else "wrong",
+            }
+
+        yield Provider(
+            "http",
+            put=lambda name, data: server.files.__setitem__("/data/" + name, data),
+            url=lambda name: server.url("/data/" + quote(name)),
+            conn_config=conn,
+            sessions_max=lambda: server.connections_max,
+            sessions_total=lambda: server.connections_total,
+            logins=lambda: server.connections_total,
+            drop_sessions=lambda: 0,
+        )
+
+
+@contextmanager
+def ftp_provider(tmp: Path, tls: bool) -> Iterator[Provider]:
+    root = tmp / "ftp-root"
+    root.mkdir()
+    cert = None
+    if tls:
+        authority = trustme.CA()
+        cert = tmp / "ftp-cert.pem"
+        authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(cert))
+    kind = "ftps" if tls else "ftp"
+    with FileFTPServer(root, tls_cert=cert) as server:
+
+        def conn(valid: bool) -> dict[str, Any]:
+            return {
+                "type": kind,
+                "host": "127.0.0.1",
+                "port": server.port,
+                "username": "provider",
+                "password": "secret" if valid else "wrong",
+            }
+
+        yield Provider(
+            kind,
+            put=lambda name, data: (root / name).write_bytes(data),
+            url=lambda name: f"ftp://127.0.0.1:{server.port}/{quote(name)}",
+            conn_config=conn,
+            sessions_max=lambda: server.sessions_max,
+            sessions_total=lambda: server.sessions_total,
+            logins=lambda: server.logins,
+            drop_sessions=server.drop_sessions,
+        )
+
+
+@contextmanager
+def sftp_provider(tmp: Path) -> Iterator[Provider]:
+    root = tmp / "sftp-root"
+    root.mkdir()
+    if SSHD is None:
+        if os.environ.get("CI"):
+            pytest.fail("OpenSSH sshd is missing in CI: .ci/run must install openssh-server")
+        with in_process_sftp(root) as provider:
+            yield provider
+        return
+    with ExitStack() as stack:
+        sshd = Sshd(tmp / "sshd")
+        stack.callback(sshd.stop)
+        proxy = CountingProxy(sshd.port)
+        stack.callback(proxy.close)
+
+        def conn(valid: bool) -> dict[str, Any]:
+            key = sshd.client_key if valid else sshd.other_key
+            return {
+                "type": "sftp",
+                "host": "127.0.0.1",
+                "port": proxy.port,
+                "username": sshd.user,
+                "private_key_file": str(key),
+                "host_key": sshd.host_key_line,
+            }
+
+        yield Provider(
+            "sftp",
+            put=lambda name, data: (root / name).write_bytes(data),
+            url=lambda name: f"sftp://127.0.0.1:{proxy.port}{quote(str(root / name))}",
+            conn_config=conn,
+            sessions_max=lambda: proxy.max_open,
+            sessions_total=lambda: proxy.total,
+            logins=lambda: sshd.logins,
+            drop_sessions=proxy.drop,
+        )
+
+
+@contextmanager
+def in_process_sftp(root: Path) -> Iterator[Provider]:
+    message = "OpenSSH sshd is not installed: SFTP tests use the in-process paramiko server instead"
+    warnings.warn(message, stacklevel=2)
+    print(f"\nNOTE: {message}", file=sys.stderr)
+    with InProcessSFTPServer(root) as server:
+
+        def conn(valid: bool) -> dict[str, Any]:
+            return {
+                "type": "sftp",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "username": "provider",
+                "password": "secret" if valid else "wrong",
+                "host_key": server.host_key_line,
+            }
+
+        yield Provider(
+            "sftp",
+            put=lambda name, data: (root / name).write_bytes(data),
+            url=lambda name: f"sftp://127.0.0.1:{server.port}/{quote(name)}",
+            conn_config=conn,
+            sessions_max=lambda: server.sessions_max,
+            sessions_total=lambda: server.sessions_total,
+            logins=lambda: server.logins,
+            drop_sessions=server.drop_sessions,
+            notes=[message],
+        )
+
+
+@contextmanager
+def provider_for(kind: str, tmp: Path) -> Iterator[Provider]:
+    """The running test provider for ``kind``."""
+    if kind == "http":
+        with http_provider(tmp) as provider:
+            yield provider
+    elif kind in ("ftp", "ftps"):
+        with ftp_provider(tmp, tls=kind == "ftps") as provider:
+            yield provider
+    else:
+        with sftp_provider(tmp) as provider:
+            yield provider
+
+
+__all__ = ["PROTOCOLS", "Provider", "provider_for"]

@@ -1,0 +1,168 @@
+"""Real provider servers on loopback for the tests: OpenSSH sshd, and a counting TCP proxy."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
+
+
+def wait_for_port(port: int, timeout_s: float = 10) -> None:
+    """Return once something accepts TCP connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def keygen(path: Path) -> Path:
+    """A new passphrase-less ed25519 key pair at ``path`` (and ``path.pub``)."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, capture_output=True)
+    return path
+
+
+class Sshd:
+    """OpenSSH's sshd on a loopback port, with its own config, host key and authorized key."""
+
+    def __init__(self, workdir: Path) -> None:
+        if SSHD is None:
+            raise RuntimeError("OpenSSH sshd is not installed")
+        self.dir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.host_key = keygen(workdir / "host_key")
+        self.client_key = keygen(workdir / "client_key")
+        self.other_key = keygen(workdir / "unauthorized_key")
+        (workdir / "authorized_keys").write_text((workdir / "client_key.pub").read_text())
+        self.user = getpass.getuser()
+        self.port = free_port()
+        self.log_path = workdir / "sshd.log"
+        config = workdir / "sshd_config"
+        config.write_text(
+            f"""Port {self.port}
+ListenAddress 127.0.0.1
+HostKey {self.host_key}
+PidFile {workdir}/sshd.pid
+AuthorizedKeysFile {workdir}/authorized_keys
+StrictModes no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+Subsystem sftp internal-sftp
+LogLevel VERBOSE
+MaxStartups 100
+MaxSessions 100
+"""
+        )
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation directory
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(self.port)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"sshd did not start:\n{self.log_path.read_text()}") from None
+
+    @property
+    def host_key_line(self) -> str:
+        """The server's public key, as ``conn_config.host_key`` takes it."""
+        kind, body = (self.dir / "host_key.pub").read_text().split()[:2]
+        return f"{kind} {body}"
+
+    @property
+    def logins(self) -> int:
+        return self.log_path.read_text(errors="replace").count("Accepted publickey")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+class CountingProxy:
+    """A TCP proxy on loopback that counts the connections passing through it.
+
+    Put in front of a server, it shows what the server sees: connections in
+    all and the most open at once. :meth:`drop` cuts every live connection.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self._target = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self.total = 0
+        self.open = 0
+        self.max_open = 0
+        self._live: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, name="proxy", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            with self._lock:
+                self.total += 1
+                self.open += 1
+                self.max_open = max(self.max_open, self.open)
+                self._live.update((client, upstream))
+            done = threading.Event()
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b, done), daemon=True).start()
+            threading.Thread(target=self._closed_when, args=(done, client, upstream), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, done: threading.Event) -> None:
+        try:
+            while chunk := source.recv(1 << 20):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            done.set()
+
+    def _closed_when(self, done: threading.Event, *socks: socket.socket) -> None:
+        done.wait()
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        with self._lock:
+            self.open -= 1
+            self._live.difference_update(socks)
+
+    def drop(self) -> int:
+        """Cut every live connection; returns how many were cut."""
+        with self._lock:
+            live = list(self._live)
+        for sock in live:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        return len(live) // 2
+
+    def close(self) -> None:
+        self._listener.close()
+        self.drop()
