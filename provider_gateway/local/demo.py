@@ -1,9 +1,11 @@
 """``provider-gateway demo``: the whole system on this machine, nothing from AWS.
 
-It starts the embedded S3 + Step Functions, a local HTTP provider with
-sample files, creates the activity and the state machine, starts one
-execution per file (and one for a file the provider does not have), runs the
-gateway, and prints what happened to each file.
+It starts the embedded S3 + Step Functions and three sample providers on
+loopback (HTTP, FTP and SFTP, each serving the same sample granules), creates
+an activity and a state machine per provider, starts one execution per file
+and per provider (and one for a file the HTTP provider does not have), runs
+the gateway with two connections per provider, and prints what happened to
+each file.
 """
 
 from __future__ import annotations
@@ -13,28 +15,47 @@ import os
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import boto3
 import yaml
 
 from provider_gateway.config import load_config
 from provider_gateway.engine.gateway import Gateway
+from provider_gateway.local.ftp_server import FileFTPServer
 from provider_gateway.local.http_server import FileHTTPServer
+from provider_gateway.local.sftp_server import InProcessSFTPServer
 from provider_gateway.local.stack import LocalStack
 from provider_gateway.workflow import download_state_machine
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/provider-gateway-demo"
 BUCKET = "demo-science-data"
 MB = 1_000_000
+MISSING = "not_there.h5"
+
+
+@dataclass(frozen=True)
+class DemoProvider:
+    """A sample provider: its id, its conn_config, and how it names a file."""
+
+    id: str
+    conn_config: dict[str, Any]
+    url_prefix: str
+    connections: Any
+
+    def url(self, name: str) -> str:
+        return self.url_prefix + quote(name)
 
 
 @dataclass(frozen=True)
 class Row:
     """One line of the summary."""
 
+    provider: str
     file: str
     bytes: int
     seconds: float
@@ -42,88 +63,125 @@ class Row:
 
 
 def sample_files(count: int, largest_mb: int) -> dict[str, bytes]:
-    """Sample granules from a few hundred KB up to ``largest_mb`` MB."""
+    """Sample granules from a few MB up to ``largest_mb`` MB."""
     sizes = [max(1, int(largest_mb * MB * (i + 1) / count)) for i in range(count)]
-    return {f"/MODIS/2026/325/granule_{i:03d}.h5": os.urandom(size) for i, size in enumerate(sizes)}
+    return {f"granule_{i:03d}.h5": os.urandom(size) for i, size in enumerate(sizes)}
 
 
 def run_demo(file_count: int = 6, largest_mb: int = 24) -> int:
     """Run the demo; 0 when every file arrived whole and the missing one was reported."""
     files = sample_files(file_count, largest_mb)
-    with LocalStack(long_poll_s=5) as stack, FileHTTPServer(files) as provider:
-        os.environ.update(stack.environment())
+    with ExitStack() as stack:
+        local = stack.enter_context(LocalStack(long_poll_s=5))
+        providers = _start_providers(stack, files)
+        os.environ.update(local.environment())
         session = boto3.session.Session()
         sfn, s3 = session.client("stepfunctions"), session.client("s3")
         s3.create_bucket(Bucket=BUCKET)
-        activity = sfn.create_activity(name="HttpProvDownloadActivity")["activityArn"]
-        machine = sfn.create_state_machine(
-            name="DemoDownload",
-            roleArn=ROLE_ARN,
-            definition=json.dumps(download_state_machine(activity, heartbeat_s=30)),
-        )["stateMachineArn"]
-        config = load_config(str(_write_config(provider, activity)))
+        machines = {p.id: _state_machine(sfn, p.id) for p in providers}
+        config = load_config(str(_write_config(providers, machines)))
         gateway = Gateway(config, sfn=sfn, s3=s3)
-        print(f"embedded AWS stack on {stack.endpoint}; provider on {provider.base_url}")
-        print(f"gateway: provider HTTP_PROV, 2 connections, activity {activity}\n")
+        print(f"embedded AWS stack on {local.endpoint}")
+        for p in providers:
+            print(f"  {p.id:<10} {p.url_prefix:<32} 2 connections, activity {machines[p.id][0]}")
         runner = threading.Thread(target=gateway.serve_forever, name="gateway", daemon=True)
         runner.start()
         try:
             started = time.monotonic()
-            rows = _run_executions(sfn, s3, machine, provider, [*files, "/MODIS/2026/325/not_there.h5"])
+            rows = _run_executions(sfn, s3, machines, providers, files)
             elapsed = time.monotonic() - started
         finally:
             gateway.stop()
             runner.join(30)
-    _print_summary(rows, elapsed, provider)
-    ok = all(r.outcome == "SUCCEEDED" for r in rows[:-1]) and "SourceNotFound" in rows[-1].outcome
-    return 0 if ok else 1
+        _print_summary(rows, elapsed, providers)
+    failures = [r for r in rows if r.file != MISSING and r.outcome != "SUCCEEDED"]
+    missing_reported = any(r.file == MISSING and "SourceNotFound" in r.outcome for r in rows)
+    return 0 if not failures and missing_reported else 1
 
 
-def _write_config(provider: FileHTTPServer, activity: str) -> Path:
+def _start_providers(stack: ExitStack, files: dict[str, bytes]) -> list[DemoProvider]:
+    root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="provider-gateway-demo-")))
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    http = stack.enter_context(FileHTTPServer({f"/MODIS/{n}": d for n, d in files.items()}))
+    ftp = stack.enter_context(FileFTPServer(root))
+    sftp = stack.enter_context(InProcessSFTPServer(root))
+    login = {"username": "provider", "password": "secret"}
+    return [
+        DemoProvider("HTTP_PROV", {"type": "http", "host": http.host}, f"{http.base_url}/MODIS/", http),
+        DemoProvider(
+            "FTP_PROV", {"type": "ftp", "host": "127.0.0.1", "port": ftp.port, **login},
+            f"ftp://127.0.0.1:{ftp.port}/", ftp,
+        ),
+        DemoProvider(
+            "SFTP_PROV",
+            {"type": "sftp", "host": "127.0.0.1", "port": sftp.port, "host_key": sftp.host_key_line, **login},
+            f"sftp://127.0.0.1:{sftp.port}/", sftp,
+        ),
+    ]
+
+
+def _state_machine(sfn: Any, provider_id: str) -> tuple[str, str]:
+    name = provider_id.title().replace("_", "")
+    activity = sfn.create_activity(name=f"{name}DownloadActivity")["activityArn"]
+    machine = sfn.create_state_machine(
+        name=f"{name}Download", roleArn=ROLE_ARN, definition=json.dumps(download_state_machine(activity, 30))
+    )["stateMachineArn"]
+    return activity, machine
+
+
+def _write_config(providers: list[DemoProvider], machines: dict[str, tuple[str, str]]) -> Path:
     path = Path(tempfile.mkdtemp(prefix="provider-gateway-demo-")) / "collections.yml"
     document = {
         "providers": [
             {
-                "id": "HTTP_PROV",
+                "id": p.id,
                 "config": {
                     "gateway_config": {
-                        "activity_arn": activity,
-                        "conn_config": {"type": "http", "host": provider.host},
+                        "activity_arn": machines[p.id][0],
+                        "conn_config": p.conn_config,
                         "num_connections": 2,
                         "heartbeat_interval_s": 5,
                         "allowed_buckets": [BUCKET],
                     }
                 },
             }
+            for p in providers
         ]
     }
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
 
 
-def _run_executions(sfn: Any, s3: Any, machine: str, provider: FileHTTPServer, paths: list[str]) -> list[Row]:
-    executions = {}
-    for path in paths:
-        message = {
-            "payload": {"files": [{"source": {"url": provider.url(path), "version": "v1"}, "target": "FROM_CONFIG"}]},
-            "config": {"output": {"bucket": BUCKET, "key_prefix": "sources/{meta.collection}"}},
-            "meta": {"collection": "MODIS"},
-        }
-        executions[path] = sfn.start_execution(stateMachineArn=machine, input=json.dumps(message))["executionArn"]
-    rows = []
-    for path, arn in executions.items():
-        described = _wait(sfn, arn)
-        seconds = (described["stopDate"] - _claimed_at(sfn, arn, described["startDate"])).total_seconds()
-        if described["status"] == "SUCCEEDED":
-            (entry,) = json.loads(described["output"])["payload"]["files"]
-            key = entry["target"]["key"]
-            intact = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == provider.files[path]
-            outcome = "SUCCEEDED" if intact else "CORRUPTED"
-            rows.append(Row(path, entry["bytes"], seconds, outcome))
-        else:
-            error = described.get("error", "")
-            rows.append(Row(path, 0, seconds, f"{described['status']} {error}".strip()))
-    return rows
+def _run_executions(
+    sfn: Any,
+    s3: Any,
+    machines: dict[str, tuple[str, str]],
+    providers: list[DemoProvider],
+    files: dict[str, bytes],
+) -> list[Row]:
+    executions = []
+    for provider in providers:
+        names = [*files, MISSING] if provider.id == "HTTP_PROV" else list(files)
+        for name in names:
+            message = {
+                "payload": {"files": [{"source": {"url": provider.url(name), "version": "v1"}, "target": "FROM_CONFIG"}]},
+                "config": {"output": {"bucket": BUCKET, "key_prefix": "{meta.provider}/MODIS"}},
+                "meta": {"provider": provider.id},
+            }
+            arn = sfn.start_execution(stateMachineArn=machines[provider.id][1], input=json.dumps(message))
+            executions.append((provider.id, name, arn["executionArn"]))
+    return [_row(sfn, s3, provider_id, name, arn, files) for provider_id, name, arn in executions]
+
+
+def _row(sfn: Any, s3: Any, provider_id: str, name: str, arn: str, files: dict[str, bytes]) -> Row:
+    described = _wait(sfn, arn)
+    seconds = (described["stopDate"] - _claimed_at(sfn, arn, described["startDate"])).total_seconds()
+    if described["status"] != "SUCCEEDED":
+        return Row(provider_id, name, 0, seconds, f"{described['status']} {described.get('error', '')}".strip())
+    (entry,) = json.loads(described["output"])["payload"]["files"]
+    intact = s3.get_object(Bucket=BUCKET, Key=entry["target"]["key"])["Body"].read() == files[name]
+    return Row(provider_id, name, entry["bytes"], seconds, "SUCCEEDED" if intact else "CORRUPTED")
 
 
 def _claimed_at(sfn: Any, arn: str, default: Any) -> Any:
@@ -144,15 +202,15 @@ def _wait(sfn: Any, arn: str, timeout_s: float = 300) -> dict[str, Any]:
     raise TimeoutError(f"execution {arn} did not finish in {timeout_s}s")
 
 
-def _print_summary(rows: list[Row], elapsed: float, provider: FileHTTPServer) -> None:
-    width = max(len(r.file) for r in rows)
-    print(f"{'file':<{width}}  {'bytes':>12}  {'MB/s':>7}  outcome")
+def _print_summary(rows: list[Row], elapsed: float, providers: list[DemoProvider]) -> None:
+    print(f"\n{'provider':<10} {'file':<18} {'bytes':>12} {'MB/s':>7}  outcome")
     for r in rows:
         rate = f"{r.bytes / r.seconds / MB:7.1f}" if r.bytes and r.seconds > 0 else "      -"
-        print(f"{r.file:<{width}}  {r.bytes:>12,}  {rate}  {r.outcome}")
+        print(f"{r.provider:<10} {r.file:<18} {r.bytes:>12,} {rate}  {r.outcome}")
     total = sum(r.bytes for r in rows)
-    print(
-        f"\n{len(rows)} executions, {total / MB:.1f} MB in {elapsed:.1f} s "
-        f"({total / elapsed / MB:.1f} MB/s over 2 connections); "
-        f"the provider saw {provider.connections_total} TCP connection(s), at most {provider.connections_max} at once"
-    )
+    print(f"\n{len(rows)} executions, {total / MB:.1f} MB in {elapsed:.1f} s ({total / elapsed / MB:.1f} MB/s in all)")
+    for p in providers:
+        seen = p.connections
+        total_conns = getattr(seen, "connections_total", None) or getattr(seen, "sessions_total", 0)
+        max_conns = getattr(seen, "connections_max", None) or getattr(seen, "sessions_max", 0)
+        print(f"  {p.id:<10} saw {total_conns} connection(s) in all, at most {max_conns} at once (limit 2)")

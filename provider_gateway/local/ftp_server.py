@@ -26,7 +26,7 @@ class FileFTPServer:
         self,
         root: Path,
         user: str = "provider",
-        password: str = "secret",
+        password: str = "secret",  # noqa: S107 - a loopback test server
         tls_cert: Path | None = None,
         anonymous: bool = False,
     ) -> None:
@@ -68,7 +68,7 @@ class FileFTPServer:
             base = FTPHandler
         server = self
 
-        class CountingHandler(base):  # type: ignore[misc, valid-type]
+        class CountingHandler(base):  # type: ignore[misc]
             def on_connect(self) -> None:
                 server._opened(self)
 

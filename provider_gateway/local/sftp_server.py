@@ -7,6 +7,7 @@ installed. It counts sessions as a provider operator would.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -15,7 +16,17 @@ from types import TracebackType
 from typing import Any
 
 import paramiko
+from paramiko.common import (
+    AUTH_FAILED,
+    AUTH_SUCCESSFUL,
+    OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
+    OPEN_SUCCEEDED,
+)
 from paramiko.sftp import SFTP_NO_SUCH_FILE, SFTP_OK, SFTP_PERMISSION_DENIED
+
+
+_SERVER_LOG = "provider_gateway.local.sftp_server"
+logging.getLogger(_SERVER_LOG).setLevel(logging.CRITICAL)
 
 
 class _ReadOnlyHandle(paramiko.SFTPHandle):
@@ -81,20 +92,20 @@ class _Auth(paramiko.ServerInterface):
         ok = (username, password) == (self._owner.user, self._owner.password)
         if ok:
             self._owner._login()
-        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
+        return AUTH_SUCCESSFUL if ok else AUTH_FAILED
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
         allowed = self._owner.authorized_key
         ok = username == self._owner.user and allowed is not None and key.asbytes() == allowed.asbytes()
         if ok:
             self._owner._login()
-        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
+        return AUTH_SUCCESSFUL if ok else AUTH_FAILED
 
     def get_allowed_auths(self, username: str) -> str:
         return "password,publickey"
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
-        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        return OPEN_SUCCEEDED if kind == "session" else OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
 
 class InProcessSFTPServer:
@@ -104,7 +115,7 @@ class InProcessSFTPServer:
         self,
         root: Path,
         user: str = "provider",
-        password: str = "secret",
+        password: str = "secret",  # noqa: S107 - a loopback test server
         authorized_key: paramiko.PKey | None = None,
     ) -> None:
         self.root = root
@@ -148,6 +159,8 @@ class InProcessSFTPServer:
 
     def _serve(self, sock: socket.socket) -> None:
         transport = paramiko.Transport(sock)
+        # Server side: a client hanging up is routine here, not an error to print.
+        transport.set_log_channel(_SERVER_LOG)
         transport.add_server_key(self.host_key)
         transport.set_subsystem_handler("sftp", paramiko.SFTPServer, _DirectorySFTP, root=self.root)
         with self._lock:
