@@ -110,13 +110,16 @@ def _start_providers(stack: ExitStack, files: dict[str, bytes]) -> list[DemoProv
     return [
         DemoProvider("HTTP_PROV", {"type": "http", "host": http.host}, f"{http.base_url}/MODIS/", http),
         DemoProvider(
-            "FTP_PROV", {"type": "ftp", "host": "127.0.0.1", "port": ftp.port, **login},
-            f"ftp://127.0.0.1:{ftp.port}/", ftp,
+            "FTP_PROV",
+            {"type": "ftp", "host": "127.0.0.1", "port": ftp.port, **login},
+            f"ftp://127.0.0.1:{ftp.port}/",
+            ftp,
         ),
         DemoProvider(
             "SFTP_PROV",
             {"type": "sftp", "host": "127.0.0.1", "port": sftp.port, "host_key": sftp.host_key_line, **login},
-            f"sftp://127.0.0.1:{sftp.port}/", sftp,
+            f"sftp://127.0.0.1:{sftp.port}/",
+            sftp,
         ),
     ]
 
@@ -165,7 +168,9 @@ def _run_executions(
         names = [*files, MISSING] if provider.id == "HTTP_PROV" else list(files)
         for name in names:
             message = {
-                "payload": {"files": [{"source": {"url": provider.url(name), "version": "v1"}, "target": "FROM_CONFIG"}]},
+                "payload": {
+                    "files": [{"source": {"url": provider.url(name), "version": "v1"}, "target": "FROM_CONFIG"}]
+                },
                 "config": {"output": {"bucket": BUCKET, "key_prefix": "{meta.provider}/MODIS"}},
                 "meta": {"provider": provider.id},
             }

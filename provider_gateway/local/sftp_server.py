@@ -24,7 +24,6 @@ from paramiko.common import (
 )
 from paramiko.sftp import SFTP_NO_SUCH_FILE, SFTP_OK, SFTP_PERMISSION_DENIED
 
-
 _SERVER_LOG = "provider_gateway.local.sftp_server"
 logging.getLogger(_SERVER_LOG).setLevel(logging.CRITICAL)
 

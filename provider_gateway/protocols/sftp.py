@@ -175,8 +175,9 @@ class SftpConnection:
         conn = self._conn
         if conn.private_key_file:
             try:
-                key = paramiko.PKey.from_path(conn.private_key_file, password=conn.private_key_passphrase)
-            except (OSError, paramiko.SSHException) as exc:
+                passphrase = conn.private_key_passphrase.encode() if conn.private_key_passphrase else None
+                key = paramiko.PKey.from_path(conn.private_key_file, password=passphrase)
+            except (OSError, ValueError, paramiko.SSHException) as exc:
                 raise SourceAccessDenied(f"{self._where}: cannot load private_key_file: {exc}") from exc
             try:
                 transport.auth_publickey(conn.username, key)
