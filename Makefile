@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: test demo lint venv clean
+.PHONY: test demo lint bench venv clean
 
 venv: $(STAMP)
 
@@ -21,9 +21,12 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/provider-gateway --log-level warning demo
 
+bench: $(STAMP)
+	$(BIN)/python bench/transfer.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check provider_gateway tests
-	$(BIN)/ruff format --check provider_gateway tests
+	$(BIN)/ruff check provider_gateway tests bench
+	$(BIN)/ruff format --check provider_gateway tests bench
 	$(BIN)/mypy provider_gateway
 
 clean:

@@ -7,6 +7,7 @@ environment (``AWS_REGION``, ``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``,
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import boto3
@@ -16,11 +17,19 @@ from botocore.config import Config as BotoConfig
 ACTIVITY_POLL_READ_TIMEOUT_S = 70
 
 
+def default_session() -> boto3.session.Session:
+    """The SDK's default session; botocore reads only AWS_DEFAULT_REGION, so AWS_REGION is honoured here too."""
+    session = boto3.session.Session()
+    if session.region_name is None and os.environ.get("AWS_REGION"):
+        session = boto3.session.Session(region_name=os.environ["AWS_REGION"])
+    return session
+
+
 class AwsClients:
     """Factory of the thread-safe boto3 clients the gateway shares between threads."""
 
     def __init__(self, session: boto3.session.Session | None = None, max_pool: int = 50) -> None:
-        self._session = session or boto3.session.Session()
+        self._session = session or default_session()
         self._max_pool = max_pool
 
     def s3(self) -> Any:

@@ -13,8 +13,9 @@ import pytest
 from provider_gateway.local.stack import LocalStack
 from tests.support import GatewayProcess, create_activity, unique, write_config
 
-# Tests never reach a real AWS endpoint, whatever the developer's environment holds.
-for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SFN"):
+# Tests never reach a real AWS endpoint, whatever the developer's environment holds; and the
+# gateway must find its region in AWS_REGION alone, as the contract says.
+for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SFN", "AWS_DEFAULT_REGION"):
     os.environ.pop(_name, None)
 
 

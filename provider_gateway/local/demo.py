@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import boto3
 import yaml
 
+from provider_gateway.aws import default_session
 from provider_gateway.config import load_config
 from provider_gateway.engine.gateway import Gateway
 from provider_gateway.local.ftp_server import FileFTPServer
@@ -75,7 +75,7 @@ def run_demo(file_count: int = 6, largest_mb: int = 24) -> int:
         local = stack.enter_context(LocalStack(long_poll_s=5))
         providers = _start_providers(stack, files)
         os.environ.update(local.environment())
-        session = boto3.session.Session()
+        session = default_session()
         sfn, s3 = session.client("stepfunctions"), session.client("s3")
         s3.create_bucket(Bucket=BUCKET)
         machines = {p.id: _state_machine(sfn, p.id) for p in providers}

@@ -53,7 +53,6 @@ class LocalStack:
         return {
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_REGION": LOCAL_REGION,
-            "AWS_DEFAULT_REGION": LOCAL_REGION,
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
         }

@@ -1,11 +1,11 @@
 """SFTP providers: one SSH transport and SFTP session per connection thread (paramiko).
 
-Reads are pipelined with ``SFTPFile.readv`` over windows of 256 KiB pieces.
+Reads are pipelined with ``SFTPFile.readv`` over windows of 255 KiB pieces.
 paramiko's ``prefetch()`` requests the whole rest of the file and keeps what
 arrives until it is read, so with an S3 slower than the provider a large
 file would sit in memory. Windows bound that to two windows per connection,
 and the next window is requested halfway through the current one, so the
-pipe never runs dry. Pieces stay 256 KiB: reading whole parts in one call is
+pipe never runs dry. Pieces stay small: reading whole parts in one call is
 about half as fast.
 """
 
@@ -25,8 +25,11 @@ from provider_gateway.errors import GatewayError, SourceAccessDenied, SourceNotF
 from provider_gateway.messages import url_path
 from provider_gateway.protocols.base import ConnectionSettings
 
-PIECE = 256 * 1024
-WINDOW_PIECES = 32  # 8 MiB per window
+# One SFTP read request per piece, of OpenSSH's largest read (255 KiB): paramiko's 32 KiB
+# requests reached ~110 MB/s here, 255 KiB ones ~200 MB/s. A server that answers with less
+# is still read correctly (paramiko reads the gap synchronously).
+PIECE = 255 * 1024
+WINDOW_PIECES = 64  # ~16 MiB per window: at most two buffered per connection
 # Fastest first (aes128-gcm measured fastest here); paramiko keeps only what both sides offer.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 
@@ -176,7 +179,7 @@ class SftpConnection:
         if conn.private_key_file:
             try:
                 passphrase = conn.private_key_passphrase.encode() if conn.private_key_passphrase else None
-                key = paramiko.PKey.from_path(conn.private_key_file, password=passphrase)
+                key = paramiko.PKey.from_path(conn.private_key_file, password=passphrase)  # type: ignore[arg-type] # it wants bytes; the stubs say str
             except (OSError, ValueError, paramiko.SSHException) as exc:
                 raise SourceAccessDenied(f"{self._where}: cannot load private_key_file: {exc}") from exc
             try:
@@ -191,6 +194,7 @@ class SftpConnection:
         path = url_path(url)
         try:
             handle = self._sftp.open(path, "rb")
+            handle.MAX_REQUEST_SIZE = PIECE
             size = handle.stat().st_size
             if size is None:
                 raise OSError(f"{path}: the server gave no size")
