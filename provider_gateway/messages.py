@@ -32,12 +32,20 @@ def url_path(url: str) -> str:
     return unquote(urlsplit(url).path)
 
 
+HEX_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
+
+
 @dataclass(frozen=True)
 class Checksum:
-    """An expected digest: ``algorithm`` is one of :data:`CHECKSUM_ALGORITHMS`, ``value`` hex."""
+    """An expected digest: ``algorithm`` is one of :data:`CHECKSUM_ALGORITHMS`, ``value`` hex.
+
+    ``url`` names a sidecar file at the provider (``name.sha256``) holding the
+    value instead; it is read before the file itself.
+    """
 
     algorithm: str
     value: str
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,11 +80,17 @@ class FileResult:
 
 @dataclass(frozen=True)
 class DownloadTask:
-    """A parsed download task: the original message plus its file requests."""
+    """A parsed task: the original message, its file requests, and each file's input entry.
+
+    ``kind`` is ``download`` (contract section 3) or ``sync`` (section 4); it
+    decides the shape of the output.
+    """
 
     message: dict[str, Any]
-    payload: dict[str, Any]
+    payload: Any
     files: tuple[FileRequest, ...]
+    entries: tuple[dict[str, Any], ...]
+    kind: str = "download"
 
 
 def parse_download_task(
@@ -95,7 +109,36 @@ def parse_download_task(
     if not isinstance(files, list) or not files:
         raise InvalidRequest("payload.files: must be a non-empty list of files")
     requests = tuple(_file_request(i, entry, message, url_check, allowed_buckets) for i, entry in enumerate(files))
-    return DownloadTask(message=message, payload=payload, files=requests)
+    return DownloadTask(message=message, payload=payload, files=requests, entries=tuple(files))
+
+
+def parse_sync_task(
+    raw_input: str | None,
+    url_check: Callable[[str], object],
+    allowed_buckets: tuple[str, ...] = (),
+    read_pointer: PointerReader | None = None,
+) -> DownloadTask:
+    """Parse a sync task: ``payload`` is a list of ``{url, version}`` (plus ``size``, ``checksum``).
+
+    Each entry becomes a download to its ``FROM_CONFIG`` target, from
+    ``config.output`` or ``workflow_config_template.SyncHttpUrls.output``.
+    """
+    message = _json_object(raw_input)
+    payload = message.get("payload")
+    if isinstance(payload, dict) and set(payload) == {"Bucket", "Key"}:
+        payload = _payload(message, read_pointer, expect=list)
+    if not isinstance(payload, list) or not payload:
+        raise InvalidRequest("payload: a sync request's payload must be a non-empty list of {url, version}")
+    if output_config(message, "SyncHttpUrls") is None:
+        raise InvalidRequest("config.output (or workflow_config_template.SyncHttpUrls.output) is required for sync")
+    files = []
+    for i, item in enumerate(payload):
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"payload[{i}]: must be an object with url and version")
+        source = {k: item[k] for k in ("url", "version", "size", "checksum") if k in item}
+        entry = {"type": "download", "source": source, "target": FROM_CONFIG}
+        files.append(_file_request(i, entry, message, url_check, allowed_buckets, template="SyncHttpUrls"))
+    return DownloadTask(message=message, payload=payload, files=tuple(files), entries=tuple(payload), kind="sync")
 
 
 def _json_object(raw_input: str | None) -> dict[str, Any]:
@@ -108,7 +151,7 @@ def _json_object(raw_input: str | None) -> dict[str, Any]:
     return message
 
 
-def _payload(message: dict[str, Any], read_pointer: PointerReader | None) -> dict[str, Any]:
+def _payload(message: dict[str, Any], read_pointer: PointerReader | None, expect: type = dict) -> Any:
     payload = message.get("payload")
     if isinstance(payload, dict) and set(payload) == {"Bucket", "Key"}:
         if read_pointer is None:
@@ -117,8 +160,10 @@ def _payload(message: dict[str, Any], read_pointer: PointerReader | None) -> dic
             payload = read_pointer(str(payload["Bucket"]), str(payload["Key"]))
         except Exception as exc:
             raise InvalidRequest(f"payload: cannot read S3 pointer: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise InvalidRequest("payload: required, an object with a 'files' list")
+    if not isinstance(payload, expect):
+        raise InvalidRequest(
+            "payload: required, an object with a 'files' list" if expect is dict else "payload: must be a list"
+        )
     return payload
 
 
@@ -128,8 +173,9 @@ def _file_request(
     message: dict[str, Any],
     url_check: Callable[[str], object],
     allowed_buckets: tuple[str, ...],
+    template: str = "DownloadActivity",
 ) -> FileRequest:
-    where = f"payload.files[{index}]"
+    where = f"payload.files[{index}]" if template == "DownloadActivity" else f"payload[{index}]"
     if not isinstance(entry, dict):
         raise InvalidRequest(f"{where}: must be an object")
     kind = entry.get("type", "download")
@@ -145,7 +191,7 @@ def _file_request(
         url_check(url)
     except InvalidRequest as exc:
         raise InvalidRequest(f"{where}.source.url: {exc.message}") from exc
-    bucket, key = _target(entry.get("target"), url, message, where)
+    bucket, key = _target(entry.get("target"), url, message, where, template)
     if allowed_buckets and bucket not in allowed_buckets:
         raise InvalidRequest(f"{where}.target.bucket: bucket {bucket!r} is not in allowed_buckets")
     return FileRequest(
@@ -155,13 +201,13 @@ def _file_request(
         key=key,
         version=_optional_str(source, "version", where),
         size=_size(source.get("size"), where),
-        checksum=_checksum(source.get("checksum"), where),
+        checksum=_checksum(source.get("checksum"), where, url_check),
     )
 
 
-def _target(target: Any, url: str, message: dict[str, Any], where: str) -> tuple[str, str]:
+def _target(target: Any, url: str, message: dict[str, Any], where: str, template: str) -> tuple[str, str]:
     if target == FROM_CONFIG:
-        output = output_config(message, "DownloadActivity")
+        output = output_config(message, template)
         if output is None:
             raise InvalidRequest(
                 f"{where}.target: FROM_CONFIG needs config.output (or workflow_config_template.DownloadActivity.output)"
@@ -237,19 +283,37 @@ def _size(value: Any, where: str) -> int | None:
     return value
 
 
-def _checksum(value: Any, where: str) -> Checksum | None:
+def _checksum(value: Any, where: str, url_check: Callable[[str], object]) -> Checksum | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise InvalidRequest(f"{where}.source.checksum: must be {{type, value}}")
-    algorithm, digest = value.get("type"), value.get("value")
+        raise InvalidRequest(f"{where}.source.checksum: must be {{type, value}} or {{type, url}}")
+    algorithm, digest, sidecar = value.get("type"), value.get("value"), value.get("url")
     if algorithm not in CHECKSUM_ALGORITHMS:
         raise InvalidRequest(
             f"{where}.source.checksum.type: must be one of {', '.join(CHECKSUM_ALGORITHMS)}; got {algorithm!r}"
         )
-    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]+", digest):
-        raise InvalidRequest(f"{where}.source.checksum.value: must be a hex digest")
+    if sidecar is not None and digest is None:
+        if not isinstance(sidecar, str):
+            raise InvalidRequest(f"{where}.source.checksum.url: must be a URL string")
+        try:
+            url_check(sidecar)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"{where}.source.checksum.url: {exc.message}") from exc
+        return Checksum(algorithm=algorithm, value="", url=sidecar)
+    if not isinstance(digest, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{HEX_LENGTHS[algorithm]}}}", digest):
+        raise InvalidRequest(
+            f"{where}.source.checksum.value: must be a {HEX_LENGTHS[algorithm]}-digit hex {algorithm} digest"
+        )
     return Checksum(algorithm=algorithm, value=digest.lower())
+
+
+def parse_sidecar(text: bytes, algorithm: str, where: str) -> str:
+    """The digest in a sidecar checksum file (``md5sum`` style: the first hex word of the right length)."""
+    match = re.search(rb"\b([0-9a-fA-F]{%d})\b" % HEX_LENGTHS[algorithm], text)
+    if match is None:
+        raise InvalidRequest(f"{where}: no {algorithm} digest in the sidecar checksum file")
+    return match.group(1).decode().lower()
 
 
 def file_output(entry: dict[str, Any], request: FileRequest, result: FileResult) -> dict[str, Any]:
@@ -269,10 +333,33 @@ def file_output(entry: dict[str, Any], request: FileRequest, result: FileResult)
 
 
 def download_output(task: DownloadTask, results: list[FileResult]) -> dict[str, Any]:
-    """The task's output message: the input with every file given its result."""
+    """The output of a download task: the input with every file given its result."""
     message = copy.deepcopy(task.message)
     payload = copy.deepcopy(task.payload)
-    entries = payload["files"]
-    payload["files"] = [file_output(entries[r.index], r, results[r.index]) for r in task.files]
+    payload["files"] = [file_output(task.entries[r.index], r, results[r.index]) for r in task.files]
     message["payload"] = payload
     return message
+
+
+def sync_output(task: DownloadTask, results: list[FileResult]) -> dict[str, Any]:
+    """The output of a sync task: ``payload`` lists every file now in S3.
+
+    ``exception`` is ``NotNeededWorkflowError`` when nothing was new, and
+    ``RemoteResourceError`` when a file failed (``per_file`` mode).
+    """
+    message = copy.deepcopy(task.message)
+    message["payload"] = [
+        {"Bucket": request.bucket, "Key": request.key}
+        for request, result in zip(task.files, results, strict=True)
+        if result.success
+    ]
+    if any(not r.success for r in results):
+        message["exception"] = "RemoteResourceError"
+    elif all(r.version_skip for r in results):
+        message["exception"] = "NotNeededWorkflowError"
+    return message
+
+
+def task_output(task: DownloadTask, results: list[FileResult]) -> dict[str, Any]:
+    """The output for the task's kind."""
+    return sync_output(task, results) if task.kind == "sync" else download_output(task, results)

@@ -118,3 +118,32 @@ def test_name_with_spaces_and_non_ascii(
 
     assert done["status"] == "SUCCEEDED", done
     assert s3.get_object(Bucket=bucket, Key=f"in/{name}")["Body"].read() == data
+
+
+@pytest.mark.parametrize(
+    ("source_extra", "words"),
+    [
+        ({"size": 3 * 5 * MiB}, "received more than the expected"),
+        ({"checksum": {"type": "sha256", "value": "0" * 64}}, "sha256 is"),
+    ],
+    ids=["wrong-size", "wrong-checksum"],
+)
+def test_wrong_size_or_checksum_is_integrity_error_and_leaves_nothing(
+    gateway: GatewayFactory,
+    provider: Provider,
+    sfn: Any,
+    s3: Any,
+    bucket: str,
+    activity: str,
+    source_extra: dict[str, Any],
+    words: str,
+) -> None:
+    provider.put("large.nc", os.urandom(3 * 5 * MiB + 12345))  # the last part is where it shows
+    message = download_message([(provider.url("large.nc"), bucket, "large.nc")], **source_extra)
+
+    done = _run(gateway, provider, sfn, activity, message, part_size_mb=5)
+
+    assert (done["status"], done["error"]) == ("FAILED", "IntegrityError"), done
+    assert words in json.loads(done["cause"])["files"][0]["error"]
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

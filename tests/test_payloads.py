@@ -78,3 +78,30 @@ def test_output_over_the_limit_without_payload_bucket_is_output_too_large(
 
     assert (done["status"], done["error"]) == ("FAILED", "OutputTooLarge")
     assert "payload_bucket" in done["cause"]
+
+
+def test_a_task_of_3000_files_completes_through_s3_pointers(
+    gateway: GatewayFactory, sfn: Any, s3: Any, bucket: str, activity: str
+) -> None:
+    count = 3000
+    files = {f"/many/f{i:04d}": i.to_bytes(2, "big") * 8 for i in range(count)}
+    with FileHTTPServer(files) as many:
+        gateway(activity, {"type": "http", "host": many.host}, payload_bucket=bucket)
+        machine = create_state_machine(sfn, activity, timeout_s=600)
+        payload = {"files": [{"source": {"url": many.url(p)}, "target": "FROM_CONFIG"} for p in files]}
+        s3.put_object(Bucket=bucket, Key="in/3000.json", Body=json.dumps(payload).encode())
+        message = {
+            "payload": {"Bucket": bucket, "Key": "in/3000.json"},
+            "config": {"output": {"bucket": bucket, "key_prefix": "many"}},
+        }
+
+        done = wait_done(sfn, start(sfn, machine, message), timeout_s=300)
+
+    assert done["status"] == "SUCCEEDED", done.get("cause", "")[:500]
+    pointer = json.loads(done["output"])["payload"]
+    stored = json.loads(s3.get_object(Bucket=pointer["Bucket"], Key=pointer["Key"])["Body"].read())
+    assert len(stored["files"]) == count
+    assert all(f["success"] and f["bytes"] == 16 for f in stored["files"])
+    listed = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="many/")
+    assert sum(len(page.get("Contents", [])) for page in listed) == count
+    assert s3.get_object(Bucket=bucket, Key="many/f2999")["Body"].read() == files["/many/f2999"]

@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from provider_gateway.config.model import ProviderConfig
@@ -17,12 +18,14 @@ from provider_gateway.engine.task_run import FileJob, TaskRun
 from provider_gateway.engine.work_queue import WorkQueue
 from provider_gateway.engine.worker import ConnectionWorker
 from provider_gateway.errors import GatewayError, GatewayShutdown, TaskCancelled
-from provider_gateway.messages import FileResult, parse_download_task
+from provider_gateway.messages import DownloadTask, FileResult, parse_download_task, parse_sync_task
 from provider_gateway.protocols import ConnectionSettings, check_url, connection_factory
 from provider_gateway.transfer.copy import CopyOptions
 from provider_gateway.transfer.s3upload import MiB
 
 log = logging.getLogger(__name__)
+
+TaskParser = Callable[..., DownloadTask]
 
 
 class ProviderRuntime:
@@ -46,16 +49,21 @@ class ProviderRuntime:
             )
             for i in range(gateway.num_connections)
         ]
+        activities = [(gateway.activity_arn, "download", parse_download_task)]
+        if gateway.sync_activity_arn:
+            activities.append((gateway.sync_activity_arn, "sync", parse_sync_task))
+        # Download and sync tasks share the provider's queue, so they share its connections.
         self.pollers = [
             ActivityPoller(
                 sfn,
-                gateway.activity_arn,
+                arn,
                 self.queue,
-                self._start_task,
+                functools.partial(self._start_task, parse=parse),
                 self._refuse,
                 worker_name=worker_name,
-                name=f"{provider.id}-poll-download",
+                name=f"{provider.id}-poll-{kind}",
             )
+            for arn, kind, parse in activities
         ]
 
     def start(self) -> None:
@@ -72,9 +80,9 @@ class ProviderRuntime:
             self.provider.gateway.activity_arn,
         )
 
-    def _start_task(self, token: str, raw_input: str | None) -> list[FileJob]:
+    def _start_task(self, token: str, raw_input: str | None, parse: TaskParser) -> list[FileJob]:
         gateway = self.provider.gateway
-        task = parse_download_task(
+        task = parse(
             raw_input,
             url_check=functools.partial(check_url, gateway.conn),
             allowed_buckets=gateway.allowed_buckets,
@@ -91,7 +99,7 @@ class ProviderRuntime:
         with self._runs_lock:
             self._runs.add(run)
         threading.Thread(target=self._forget_when_done, args=(run,), daemon=True).start()
-        log.info("task %s claimed: %d file(s)", run.label, len(task.files))
+        log.info("%s task %s claimed: %d file(s)", task.kind, run.label, len(task.files))
         return run.jobs()
 
     def _forget_when_done(self, run: TaskRun) -> None:

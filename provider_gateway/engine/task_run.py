@@ -14,8 +14,8 @@ from provider_gateway.messages import (
     DownloadTask,
     FileRequest,
     FileResult,
-    download_output,
     file_output,
+    task_output,
 )
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class TaskRun:
         elif failed and self._failure_mode == "task":
             self._responder.failure(self.token, str(failed[0][1].error_code), self._cause(results))
         else:
-            self._responder.success(self.token, download_output(self.task, results))
+            self._responder.success(self.token, task_output(self.task, results))
         log.info(
             "task %s answered: %d file(s), %d failed%s",
             self.label,
@@ -107,7 +107,7 @@ class TaskRun:
         self.finished.set()
 
     def _cause(self, results: list[FileResult]) -> str:
-        entries = self.task.payload["files"]
+        entries = self.task.entries
         return bounded_cause(
             [file_output(entries[req.index], req, res) for req, res in zip(self.task.files, results, strict=True)]
         )

@@ -90,6 +90,9 @@ class FileHTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY each small
+    # response waits ~40 ms for a delayed ACK, as real servers (nginx) never make it.
+    disable_nagle_algorithm = True
     server: FileHTTPServer
 
     def handle(self) -> None:

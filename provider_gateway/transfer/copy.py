@@ -9,15 +9,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import ClientError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from provider_gateway.errors import GatewayError, InternalError
-from provider_gateway.messages import FileRequest, FileResult
+from provider_gateway.messages import Checksum, FileRequest, FileResult, parse_sidecar
 from provider_gateway.protocols.base import Connection, SourceStream
 from provider_gateway.transfer.s3upload import MiB, part_size_for, upload
 from provider_gateway.transfer.stream import CancelCheck, TransferStream
 
 log = logging.getLogger(__name__)
+
+SIDECAR_MAX_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -102,12 +105,62 @@ def _copy(
     stop: threading.Event,
     cancelled: CancelCheck,
 ) -> FileResult:
+    if already_there(s3, request):
+        return FileResult(success=True, version_skip=True)
+    checksum = request.checksum
+    if checksum is not None and checksum.url:
+        checksum = _sidecar_checksum(connection, request, checksum, options, stop, cancelled)
     source = open_source(connection, request, options, stop, cancelled)
     try:
         size = request.size if request.size is not None else source.size
-        stream = TransferStream(source, size, request.checksum, cancelled)
-        metadata = {"version": request.version} if request.version is not None else None
-        upload(s3, stream, request.bucket, request.key, part_size_for(size, options.min_part_size), metadata)
+        stream = TransferStream(source, size, checksum, cancelled)
+        upload(
+            s3,
+            stream,
+            request.bucket,
+            request.key,
+            part_size_for(size, options.min_part_size),
+            object_metadata(request.version, checksum),
+        )
     finally:
         source.close()
     return FileResult(success=True, bytes=stream.bytes, checksum=stream.checksum)
+
+
+def object_metadata(version: str | None, checksum: Checksum | None) -> dict[str, str]:
+    """S3 user metadata: ``version``, and ``checksum-<algorithm>`` (the upload completes only if it matches)."""
+    metadata = {}
+    if version is not None:
+        metadata["version"] = version
+    if checksum is not None:
+        metadata[f"checksum-{checksum.algorithm}"] = checksum.value
+    return metadata
+
+
+def already_there(s3: Any, request: FileRequest) -> bool:
+    """Whether the target object already carries the requested version (asked of S3, not the provider)."""
+    if request.version is None:
+        return False
+    try:
+        head = s3.head_object(Bucket=request.bucket, Key=request.key)
+    except ClientError:
+        return False  # absent (404) or not readable: the download decides
+    return bool(head.get("Metadata", {}).get("version") == request.version)
+
+
+def _sidecar_checksum(
+    connection: Callable[[], Connection],
+    request: FileRequest,
+    checksum: Checksum,
+    options: CopyOptions,
+    stop: threading.Event,
+    cancelled: CancelCheck,
+) -> Checksum:
+    sidecar = FileRequest(index=request.index, url=str(checksum.url), bucket=request.bucket, key=request.key)
+    stream = open_source(connection, sidecar, options, stop, cancelled)
+    try:
+        text = TransferStream(stream, None, None, cancelled).read(SIDECAR_MAX_BYTES)
+    finally:
+        stream.close()
+    value = parse_sidecar(text, checksum.algorithm, f"sidecar {checksum.url}")
+    return Checksum(checksum.algorithm, value)
