@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from provider_gateway.local.executions import wait_for_execution
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/provider-gateway-tests"
 RETRYABLE = ["SourceUnavailable", "IntegrityError", "GatewayShutdown"]
@@ -59,13 +60,7 @@ def start(sfn: Any, state_machine_arn: str, message: Any) -> str:
 
 def wait_done(sfn: Any, execution_arn: str, timeout_s: float = 60) -> dict[str, Any]:
     """DescribeExecution once the execution has left RUNNING."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        described: dict[str, Any] = sfn.describe_execution(executionArn=execution_arn)
-        if described["status"] != "RUNNING":
-            return described
-        time.sleep(0.1)
-    raise AssertionError(f"execution {execution_arn} still RUNNING after {timeout_s}s")
+    return wait_for_execution(sfn, execution_arn, timeout_s)
 
 
 def download_message(files: list[tuple[str, str, str]], **source_extra: Any) -> dict[str, Any]:

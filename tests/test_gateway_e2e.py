@@ -76,7 +76,7 @@ def test_download_succeeds_with_bytes_checksum_and_version(
     assert entry["checksum"] == {"type": "sha256", "value": digest}
     obj = s3.get_object(Bucket=bucket, Key="dir/multipart.h5")
     assert hashlib.sha256(obj["Body"].read()).hexdigest() == digest
-    assert obj["Metadata"] == {"version": "v2"}
+    assert obj["Metadata"] == {"version": "v2", "checksum-sha256": digest}
     _no_uploads_left(s3, bucket)
 
 

@@ -26,6 +26,7 @@ import yaml
 from provider_gateway.aws import default_session
 from provider_gateway.config import load_config
 from provider_gateway.engine.gateway import Gateway
+from provider_gateway.local.executions import wait_for_execution
 from provider_gateway.local.ftp_server import FileFTPServer
 from provider_gateway.local.http_server import FileHTTPServer
 from provider_gateway.local.sftp_server import InProcessSFTPServer
@@ -180,7 +181,7 @@ def _run_executions(
 
 
 def _row(sfn: Any, s3: Any, provider_id: str, name: str, arn: str, files: dict[str, bytes]) -> Row:
-    described = _wait(sfn, arn)
+    described = wait_for_execution(sfn, arn)
     seconds = (described["stopDate"] - _claimed_at(sfn, arn, described["startDate"])).total_seconds()
     if described["status"] != "SUCCEEDED":
         return Row(provider_id, name, 0, seconds, f"{described['status']} {described.get('error', '')}".strip())
@@ -195,16 +196,6 @@ def _claimed_at(sfn: Any, arn: str, default: Any) -> Any:
         if event["type"] == "ActivityStarted":
             return event["timestamp"]
     return default
-
-
-def _wait(sfn: Any, arn: str, timeout_s: float = 300) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        described: dict[str, Any] = sfn.describe_execution(executionArn=arn)
-        if described["status"] != "RUNNING":
-            return described
-        time.sleep(0.1)
-    raise TimeoutError(f"execution {arn} did not finish in {timeout_s}s")
 
 
 def _print_summary(rows: list[Row], elapsed: float, providers: list[DemoProvider]) -> None:

@@ -7,7 +7,9 @@ every control connection, as a provider restarting would.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -110,7 +112,11 @@ class FileFTPServer:
         with self._lock:
             handlers = list(self._handlers)
         for handler in handlers:
-            handler.ioloop.call_later(0, handler.close)
+            # Shut the socket from here: the server's loop sees EOF at once and closes the session.
+            # (for FTPS the socket is a pyOpenSSL Connection: its TCP shutdown is sock_shutdown)
+            raw = handler.socket
+            with contextlib.suppress(OSError):
+                getattr(raw, "sock_shutdown", raw.shutdown)(socket.SHUT_RDWR)
         return len(handlers)
 
     def start(self) -> FileFTPServer:
