@@ -114,6 +114,8 @@ class CountingProxy:
         self.total = 0
         self.open = 0
         self.max_open = 0
+        self.relayed = 0  # bytes from the server to clients, all connections together
+        self.cuts: list[int] = []  # fault injection: cut the connection as ``relayed`` crosses each
         self._live: set[socket.socket] = set()
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, name="proxy", daemon=True).start()
@@ -131,18 +133,31 @@ class CountingProxy:
                 self.max_open = max(self.max_open, self.open)
                 self._live.update((client, upstream))
             done = threading.Event()
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b, done), daemon=True).start()
+            for a, b, downstream in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(a, b, done, downstream), daemon=True).start()
             threading.Thread(target=self._closed_when, args=(done, client, upstream), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, done: threading.Event) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, done: threading.Event, downstream: bool) -> None:
         try:
             while chunk := source.recv(1 << 20):
                 sink.sendall(chunk)
+                if downstream and self._crossed_cut(len(chunk)):
+                    for sock in (source, sink):
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)
+                    return
         except OSError:
             pass
         finally:
             done.set()
+
+    def _crossed_cut(self, count: int) -> bool:
+        with self._lock:
+            self.relayed += count
+            if self.cuts and self.relayed >= self.cuts[0]:
+                self.cuts.pop(0)
+                return True
+            return False
 
     def _closed_when(self, done: threading.Event, *socks: socket.socket) -> None:
         done.wait()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 from pathlib import Path
@@ -16,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.filesystems import AbstractedFS
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer
@@ -40,6 +42,9 @@ class FileFTPServer:
         self.sessions_max = 0
         self.logins = 0
         self.retrieved: list[str] = []
+        self.bytes_served = 0
+        # Fault injection: file name -> fractions of the file at which to abort the transfer, once each.
+        self.resets: dict[str, list[float]] = {}
         self._lock = threading.Lock()
         self._handlers: set[Any] = set()
         authorizer = DummyAuthorizer()
@@ -70,7 +75,14 @@ class FileFTPServer:
             base = FTPHandler
         server = self
 
+        class FaultyFS(AbstractedFS):  # type: ignore[misc]
+            def open(self, filename: str, mode: str) -> Any:
+                return _FaultyFile(super().open(filename, mode), server)
+
         class CountingHandler(base):  # type: ignore[misc]
+            abstracted_fs = FaultyFS
+            use_sendfile = False  # reads go through _FaultyFile
+
             def on_connect(self) -> None:
                 server._opened(self)
 
@@ -134,3 +146,38 @@ class FileFTPServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class _FaultyFile:
+    """A served file that counts what it gives out and fails where a fault is planned."""
+
+    def __init__(self, file: Any, server: FileFTPServer) -> None:
+        self._file = file
+        self._server = server
+        self._name = Path(file.name).name
+        self._size = os.fstat(file.fileno()).st_size
+        self.name = file.name
+        self.closed = False
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self._file.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self._file.tell())
+
+    def read(self, amount: int = -1) -> bytes:
+        position = self._file.tell()
+        data: bytes = self._file.read(amount)
+        pending = self._server.resets.get(self._name, [])
+        for fraction in sorted(pending):
+            at = int(self._size * fraction)
+            if position < at <= position + len(data):
+                pending.remove(fraction)
+                self._server.bytes_served += at - position
+                raise ConnectionAbortedError(f"injected fault at byte {at}")
+        self._server.bytes_served += len(data)
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+        self._file.close()

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import socket
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socket import socket
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -41,6 +42,9 @@ class FileHTTPServer(ThreadingHTTPServer):
         self.connections_open = 0
         self.connections_max = 0
         self.requests: list[str] = []
+        self.bytes_served = 0
+        # Fault injection: path -> fractions of the file at which to reset the connection, once each.
+        self.resets: dict[str, list[float]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -82,7 +86,7 @@ class FileHTTPServer(ThreadingHTTPServer):
             self.connections_max = max(self.connections_max, self.connections_open)
         super().process_request(request, client_address)
 
-    def shutdown_request(self, request: socket) -> None:  # type: ignore[override]
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
         with self._lock:
             self.connections_open -= 1
         super().shutdown_request(request)
@@ -131,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
         if body:
-            self._send_body(memoryview(data)[start:])
+            self._send_body(memoryview(data)[start:], self._reset_offset(path, start, len(data)))
 
     def _range_start(self, size: int) -> int:
         header = self.headers.get("Range", "")
@@ -140,14 +144,30 @@ class _Handler(BaseHTTPRequestHandler):
             return start if start < size else 0
         return 0
 
-    def _send_body(self, view: memoryview) -> None:
+    def _reset_offset(self, path: str, start: int, size: int) -> int | None:
+        """Where in this response to cut the connection, if a fault is pending for the path."""
+        pending = self.server.resets.get(path, [])
+        for fraction in sorted(pending):
+            at = int(size * fraction)
+            if at > start:
+                pending.remove(fraction)
+                return at - start
+        return None
+
+    def _send_body(self, view: memoryview, reset_after: int | None = None) -> None:
         rate = self.server.rate
         started = time.monotonic()
         sent = 0
         try:
             while sent < len(view):
                 piece = view[sent : sent + CHUNK]
+                if reset_after is not None and sent + len(piece) >= reset_after:
+                    self.wfile.write(view[sent:reset_after])
+                    self.server.bytes_served += reset_after - sent
+                    self._reset()
+                    return
                 self.wfile.write(piece)
+                self.server.bytes_served += len(piece)
                 sent += len(piece)
                 if rate:
                     ahead = sent / rate - (time.monotonic() - started)
@@ -155,3 +175,10 @@ class _Handler(BaseHTTPRequestHandler):
                         time.sleep(ahead)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def _reset(self) -> None:
+        """Abort the connection with a TCP reset, as a failing provider does."""
+        self.wfile.flush()
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()

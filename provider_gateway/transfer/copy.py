@@ -50,8 +50,9 @@ def open_source(
     options: CopyOptions,
     stop: threading.Event,
     cancelled: CancelCheck,
+    offset: int = 0,
 ) -> SourceStream:
-    """Open the file, retrying transient failures with exponential backoff.
+    """Open the file (from ``offset``), retrying transient failures with exponential backoff.
 
     ``connection`` returns the thread's live connection (reconnecting if it was
     dropped); ``stop`` cuts a backoff sleep short when the task is cancelled.
@@ -72,7 +73,7 @@ def open_source(
             reason = cancelled()
             if reason is not None:
                 raise reason
-            return connection().open(request.url)
+            return connection().open(request.url, offset)
     raise AssertionError("unreachable: tenacity re-raises the last failure")
 
 
@@ -111,19 +112,20 @@ def _copy(
     if checksum is not None and checksum.url:
         checksum = _sidecar_checksum(connection, request, checksum, options, stop, cancelled)
     source = open_source(connection, request, options, stop, cancelled)
+    size = request.size if request.size is not None else source.size
+    stream = TransferStream(
+        source,
+        size,
+        checksum,
+        cancelled,
+        reopen=lambda offset: open_source(connection, request, options, stop, cancelled, offset),
+        resumes=options.retries,
+    )
     try:
-        size = request.size if request.size is not None else source.size
-        stream = TransferStream(source, size, checksum, cancelled)
-        upload(
-            s3,
-            stream,
-            request.bucket,
-            request.key,
-            part_size_for(size, options.min_part_size),
-            object_metadata(request.version, checksum),
-        )
+        metadata = object_metadata(request.version, checksum)
+        upload(s3, stream, request.bucket, request.key, part_size_for(size, options.min_part_size), metadata)
     finally:
-        source.close()
+        stream.close()
     return FileResult(success=True, bytes=stream.bytes, checksum=stream.checksum)
 
 

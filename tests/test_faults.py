@@ -1,0 +1,101 @@
+"""Faults for real: providers that reset connections mid-file. Nothing may be lost or duplicated."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provider_gateway.local.ftp_server import FileFTPServer
+from provider_gateway.local.http_server import FileHTTPServer
+from tests.conftest import GatewayFactory
+from tests.servers import SSHD, CountingProxy, Sshd
+from tests.support import create_state_machine, download_message, start, wait_done
+
+MiB = 1024 * 1024
+
+
+def test_http_resets_at_30_60_90_percent_are_healed_by_range_resumes(
+    gateway: GatewayFactory, sfn: Any, s3: Any, bucket: str, activity: str
+) -> None:
+    data = os.urandom(21 * MiB)
+    with FileHTTPServer({"/big.h5": data}) as provider:
+        provider.resets["/big.h5"] = [0.3, 0.6, 0.9]
+        process = gateway(activity, {"type": "http", "host": provider.host}, part_size_mb=5)
+        machine = create_state_machine(sfn, activity)
+
+        done = wait_done(sfn, start(sfn, machine, download_message([(provider.url("/big.h5"), bucket, "big.h5")])))
+
+        served = provider.bytes_served
+        assert provider.resets["/big.h5"] == []  # every fault fired
+
+    assert done["status"] == "SUCCEEDED", done
+    body = s3.get_object(Bucket=bucket, Key="big.h5")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert served < 1.5 * len(data)
+    assert process.log().count("resuming") == 3
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_ftp_aborted_transfers_at_30_60_90_percent_are_healed_by_rest_resumes(
+    gateway: GatewayFactory, sfn: Any, s3: Any, bucket: str, activity: str, tmp_path: Path
+) -> None:
+    data = os.urandom(21 * MiB)
+    (tmp_path / "big.h5").write_bytes(data)
+    with FileFTPServer(tmp_path) as provider:
+        provider.resets["big.h5"] = [0.3, 0.6, 0.9]
+        conn = {"type": "ftp", "host": "127.0.0.1", "port": provider.port, "username": "provider", "password": "secret"}
+        process = gateway(activity, conn, part_size_mb=5)
+        machine = create_state_machine(sfn, activity)
+        url = f"ftp://127.0.0.1:{provider.port}/big.h5"
+
+        done = wait_done(sfn, start(sfn, machine, download_message([(url, bucket, "big.h5")])))
+
+        served, pending = provider.bytes_served, provider.resets["big.h5"]
+
+    assert done["status"] == "SUCCEEDED", done
+    assert pending == []
+    body = s3.get_object(Bucket=bucket, Key="big.h5")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert served < 1.5 * len(data)
+    assert process.log().count("resuming") == 3
+
+
+@pytest.mark.skipif(SSHD is None and not os.environ.get("CI"), reason="needs OpenSSH sshd")
+def test_sftp_connections_cut_at_30_60_90_percent_are_healed_by_offset_resumes(
+    gateway: GatewayFactory, sfn: Any, s3: Any, bucket: str, activity: str, tmp_path: Path
+) -> None:
+    data = os.urandom(21 * MiB)
+    (tmp_path / "big.h5").write_bytes(data)
+    sshd = Sshd(tmp_path / "sshd")
+    proxy = CountingProxy(sshd.port)
+    try:
+        proxy.cuts = [int(len(data) * f) for f in (0.3, 0.6, 0.9)]
+        conn = {
+            "type": "sftp",
+            "host": "127.0.0.1",
+            "port": proxy.port,
+            "username": sshd.user,
+            "private_key_file": str(sshd.client_key),
+            "host_key": sshd.host_key_line,
+        }
+        process = gateway(activity, conn, part_size_mb=5, num_connections=1)
+        machine = create_state_machine(sfn, activity)
+        url = f"sftp://127.0.0.1:{proxy.port}{tmp_path / 'big.h5'}"
+
+        done = wait_done(sfn, start(sfn, machine, download_message([(url, bucket, "big.h5")])), timeout_s=120)
+        served, pending, most = proxy.relayed, proxy.cuts, proxy.max_open
+    finally:
+        proxy.close()
+        sshd.stop()
+
+    assert done["status"] == "SUCCEEDED", done
+    assert pending == []
+    body = s3.get_object(Bucket=bucket, Key="big.h5")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert served < 1.5 * len(data)
+    assert most == 1
+    assert process.log().count("resuming") == 3
