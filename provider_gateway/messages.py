@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from provider_gateway.errors import InvalidRequest
 
@@ -25,6 +25,14 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 PointerReader = Callable[[str, str], Any]
 """Reads the JSON document at (bucket, key): how an S3 payload pointer is followed."""
+
+
+def redact_url(url: str) -> str:
+    """The URL without its userinfo (``user:password@``): what logs and messages may show."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def url_path(url: str) -> str:
@@ -319,6 +327,9 @@ def parse_sidecar(text: bytes, algorithm: str, where: str) -> str:
 def file_output(entry: dict[str, Any], request: FileRequest, result: FileResult) -> dict[str, Any]:
     """The output form of one ``payload.files[i]``: the input plus what happened."""
     out = copy.deepcopy(entry)
+    holder = out["source"] if isinstance(out.get("source"), dict) else out
+    if isinstance(holder.get("url"), str):
+        holder["url"] = redact_url(holder["url"])  # a password in a URL is not passed on
     out["target"] = {"bucket": request.bucket, "key": request.key}
     out["success"] = result.success
     out["bytes"] = result.bytes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from provider_gateway.local.ftp_server import FileFTPServer
 from provider_gateway.local.http_server import FileHTTPServer
 from tests.conftest import GatewayFactory
 from tests.servers import SSHD, CountingProxy, Sshd
-from tests.support import create_state_machine, download_message, start, wait_done
+from tests.support import create_activity, create_state_machine, download_message, start, wait_done
 
 MiB = 1024 * 1024
 
@@ -99,3 +100,39 @@ def test_sftp_connections_cut_at_30_60_90_percent_are_healed_by_offset_resumes(
     assert served < 1.5 * len(data)
     assert most == 1
     assert process.log().count("resuming") == 3
+
+
+def test_secrets_never_reach_logs_outputs_or_causes(
+    gateway: GatewayFactory, sfn: Any, s3: Any, bucket: str, activity: str
+) -> None:
+    password, token, in_url = "pw-S3CRET-1f9", "tok-S3CRET-77a", "url-S3CRET-42"
+    with FileHTTPServer({"/ok.h5": b"fine"}, basic_auth=("alice", password)) as provider:
+        with_password = gateway(
+            activity,
+            {"type": "http", "host": provider.host, "username": "alice", "password": password},
+            failure_mode="per_file",
+        )
+        token_activity = create_activity(sfn, "token")
+        with_token = gateway(token_activity, {"type": "http", "host": provider.host, "token": token})
+        userinfo_url = provider.url("/ok.h5").replace("http://", f"http://bob:{in_url}@")
+        results = [
+            wait_done(sfn, start(sfn, create_state_machine(sfn, arn), download_message(files)))
+            for arn, files in [
+                (
+                    activity,
+                    [
+                        (provider.url("/ok.h5"), bucket, "ok"),
+                        (provider.url("/missing"), bucket, "m"),
+                        (userinfo_url, bucket, "u"),
+                    ],
+                ),
+                (token_activity, [(provider.url("/ok.h5"), bucket, "t")]),
+            ]
+        ]
+
+    assert results[0]["status"] == "SUCCEEDED" and results[1]["error"] == "SourceAccessDenied"
+    answers = [json.dumps({k: r.get(k) for k in ("output", "error", "cause")}) for r in results]
+    seen = " ".join([with_password.log(), with_token.log(), *answers])
+    for secret in (password, token, in_url):
+        assert secret not in seen
+    assert "Traceback" not in seen

@@ -83,12 +83,7 @@ def test_credentials_follow_redirects_only_to_login_hosts(httpserver: HTTPServer
         seen[request.path] = request.headers.get("Authorization")
         return Response("", status=302, headers={"Location": httpserver.url_for("/granted")})
 
-    def elsewhere(request: Request) -> Response:
-        seen[request.path] = request.headers.get("Authorization")
-        return Response("mirror")
-
     login_server.expect_request("/login").respond_with_handler(login)
-    login_server.expect_request("/mirror").respond_with_handler(elsewhere)
     httpserver.expect_request("/via-login").respond_with_data(
         "", status=302, headers={"Location": login_server.url_for("/login")}
     )
@@ -102,8 +97,32 @@ def test_credentials_follow_redirects_only_to_login_hosts(httpserver: HTTPServer
 
     assert read_all(with_login, httpserver.url_for("/via-login")) == b"data"
     assert seen["/login"] == BASIC
-    assert read_all(without, httpserver.url_for("/via-mirror")) == b"mirror"
-    assert seen["/mirror"] is None
+    with pytest.raises(SourceAccessDenied, match="redirect to another host refused"):
+        without.open(httpserver.url_for("/via-mirror"))
+    assert "/mirror" not in [r.path for r, _ in login_server.log]
+    assert read_all(without, httpserver.url_for("/granted")) == b"data"  # the connection still serves
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://169.254.169.254/latest/meta-data/iam/",
+        "http://[fd00:ec2::254]/latest/",
+        "ftp://localhost/x",
+        "file:///etc/passwd",
+    ],
+)
+def test_redirects_to_metadata_addresses_or_other_schemes_are_refused(httpserver: HTTPServer, location: str) -> None:
+    httpserver.expect_request("/bounce").respond_with_data("", status=302, headers={"Location": location})
+    connection = connect(httpserver, login_hosts=("169.254.169.254", "fd00:ec2::254"))
+    with pytest.raises(SourceAccessDenied, match="refused"):
+        connection.open(httpserver.url_for("/bounce"))
+
+
+def test_a_link_local_url_is_never_fetched() -> None:
+    connection = HttpConnection(HttpConnConfig(type="http"), ConnectionSettings())
+    with pytest.raises(SourceAccessDenied, match="link-local or metadata"):
+        connection.open("http://169.254.169.254/latest/meta-data/")
 
 
 def test_range_resumes_and_a_server_ignoring_range_is_detected(httpserver: HTTPServer) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from provider_gateway.config.model import ConnConfig
 from provider_gateway.engine.task_run import FileJob
 from provider_gateway.engine.work_queue import WorkQueue
-from provider_gateway.messages import FileResult
+from provider_gateway.messages import FileResult, redact_url
 from provider_gateway.protocols import Connection, ConnectionFactory, ConnectionSettings
 from provider_gateway.transfer.copy import CopyOptions, copy_file
 
@@ -87,14 +87,16 @@ class ConnectionWorker:
         if reason is not None:
             run.file_done(request, FileResult(False, error_code=reason.code, error=reason.message))
             return
-        log.info("task %s: copying %s -> s3://%s/%s", run.label, request.url, request.bucket, request.key)
+        log.info("task %s: copying %s -> s3://%s/%s", run.label, redact_url(request.url), request.bucket, request.key)
         outcome = copy_file(self._connect, request, self._s3, self._options, run.stop, run.cancelled)
         result = outcome.result
         if result.success:
             rate = result.bytes / outcome.seconds / 1e6 if outcome.seconds > 0 else 0.0
-            log.info("task %s: copied %s (%d bytes, %.1f MB/s)", run.label, request.url, result.bytes, rate)
+            log.info("task %s: copied %s (%d bytes, %.1f MB/s)", run.label, redact_url(request.url), result.bytes, rate)
         else:
-            log.warning("task %s: %s failed: %s %s", run.label, request.url, result.error_code, result.error)
+            log.warning(
+                "task %s: %s failed: %s %s", run.label, redact_url(request.url), result.error_code, result.error
+            )
             if result.error_code in _RECONNECT_CODES:
                 self._disconnect()
         run.file_done(request, result)

@@ -9,8 +9,11 @@ exactly the provider's bytes.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import socket
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -24,6 +27,7 @@ from provider_gateway.errors import (
     SourceNotFound,
     SourceUnavailable,
 )
+from provider_gateway.messages import redact_url
 from provider_gateway.protocols.base import ConnectionSettings
 
 _NOT_FOUND = {404, 410}
@@ -54,9 +58,20 @@ class _ScopedAuth(requests.auth.AuthBase):
 
 
 class _Session(requests.Session):
-    """A session that re-sends credentials after redirects to allowed hosts only."""
+    """A session that follows redirects only to allowed hosts, re-sending credentials there only."""
 
     scoped_auth: _ScopedAuth
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        target = super().get_redirect_target(resp)
+        if target:
+            url = urljoin(resp.url, target)
+            try:
+                check_redirect(url, self.scoped_auth.hosts)
+            except GatewayError:
+                resp.close()  # its connection must go back to the one-slot pool
+                raise
+        return target
 
     def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
         prepared_request.headers.pop("Authorization", None)
@@ -77,7 +92,7 @@ class HttpStream:
         try:
             return bytes(self._raw.read(amount, decode_content=False))
         except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
-            raise SourceUnavailable(f"reading {self._response.url} failed: {_reason(exc)}") from exc
+            raise SourceUnavailable(f"reading {redact_url(self._response.url)} failed: {_reason(exc)}") from exc
 
     def close(self) -> None:
         self._response.close()
@@ -114,6 +129,7 @@ class HttpConnection:
         return auth
 
     def open(self, url: str, offset: int = 0) -> HttpStream:
+        refuse_link_local(url)
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
             response = self._session.get(
@@ -125,7 +141,7 @@ class HttpConnection:
                 verify=self._verify,
             )
         except requests.RequestException as exc:
-            raise SourceUnavailable(f"GET {url} failed: {_reason(exc)}") from exc
+            raise SourceUnavailable(f"GET {redact_url(url)} failed: {_reason(exc)}") from exc
         try:
             return self._stream(url, response, offset)
         except GatewayError:
@@ -135,13 +151,13 @@ class HttpConnection:
     def _stream(self, url: str, response: requests.Response, offset: int) -> HttpStream:
         status = response.status_code
         if status in _NOT_FOUND:
-            raise SourceNotFound(f"GET {url}: {status} {response.reason}")
+            raise SourceNotFound(f"GET {redact_url(url)}: {status} {response.reason}")
         if status in _DENIED:
-            raise SourceAccessDenied(f"GET {url}: {status} {response.reason}")
+            raise SourceAccessDenied(f"GET {redact_url(url)}: {status} {response.reason}")
         if offset and status == 200:
-            raise SourceUnavailable(f"GET {url}: the server ignored the Range request")
+            raise SourceUnavailable(f"GET {redact_url(url)}: the server ignored the Range request")
         if status not in (200, 206):
-            raise SourceUnavailable(f"GET {url}: {status} {response.reason}")
+            raise SourceUnavailable(f"GET {redact_url(url)}: {status} {response.reason}")
         length = response.headers.get("Content-Length")
         size = int(length) + offset if length and length.isdigit() else None
         return HttpStream(response, size)
@@ -151,6 +167,41 @@ class HttpConnection:
 
     def close(self) -> None:
         self._session.close()
+
+
+METADATA_ADDRESSES = {ipaddress.ip_address("fd00:ec2::254")}
+
+
+def refuse_link_local(url: str) -> None:
+    """SourceAccessDenied if the URL's host is a link-local or cloud metadata address.
+
+    Those (169.254.169.254 above all) hand out the gateway's own credentials.
+    """
+    host = urlsplit(url).hostname or ""
+    for address in _addresses(host):
+        if address.is_link_local or address in METADATA_ADDRESSES:
+            raise SourceAccessDenied(f"{host} is a link-local or metadata address ({address}): refused")
+
+
+@functools.lru_cache(maxsize=1024)
+def _addresses(host: str) -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return frozenset()  # unresolvable: the request itself fails
+    return frozenset(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos)
+
+
+def check_redirect(url: str, allowed_hosts: set[str]) -> None:
+    """SourceAccessDenied unless a redirect target is http(s), on an allowed host, and not link-local."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise SourceAccessDenied(f"redirect to a {parts.scheme or 'relative'} URL refused: {redact_url(url)}")
+    if (parts.hostname or "").lower() not in allowed_hosts:
+        raise SourceAccessDenied(
+            f"redirect to another host refused: {parts.hostname} is neither the provider's host nor in login_hosts"
+        )
+    refuse_link_local(url)
 
 
 def _reason(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from provider_gateway.errors import GatewayError, InternalError
-from provider_gateway.messages import Checksum, FileRequest, FileResult, parse_sidecar
+from provider_gateway.messages import Checksum, FileRequest, FileResult, parse_sidecar, redact_url
 from provider_gateway.protocols.base import Connection, SourceStream
 from provider_gateway.transfer.s3upload import MiB, part_size_for, upload
 from provider_gateway.transfer.stream import CancelCheck, TransferStream
@@ -92,7 +92,7 @@ def copy_file(
     except GatewayError as exc:
         result = FileResult(success=False, error_code=exc.code, error=exc.message)
     except Exception as exc:  # a bug must fail one file, not the connection thread
-        log.exception("unexpected failure copying %s", request.url)
+        log.exception("unexpected failure copying %s", redact_url(request.url))
         error = InternalError(f"{type(exc).__name__}: {exc}")
         result = FileResult(success=False, error_code=error.code, error=error.message)
     return CopyOutcome(result=result, seconds=time.monotonic() - started)
@@ -164,5 +164,5 @@ def _sidecar_checksum(
         text = TransferStream(stream, None, None, cancelled).read(SIDECAR_MAX_BYTES)
     finally:
         stream.close()
-    value = parse_sidecar(text, checksum.algorithm, f"sidecar {checksum.url}")
+    value = parse_sidecar(text, checksum.algorithm, f"sidecar {redact_url(str(checksum.url))}")
     return Checksum(checksum.algorithm, value)
