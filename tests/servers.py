@@ -116,7 +116,7 @@ class CountingProxy:
         self.max_open = 0
         self.relayed = 0  # bytes from the server to clients, all connections together
         self.cuts: list[int] = []  # fault injection: cut the connection as ``relayed`` crosses each
-        self._live: set[socket.socket] = set()
+        self._live: set[tuple[socket.socket, socket.socket]] = set()
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, name="proxy", daemon=True).start()
 
@@ -131,20 +131,29 @@ class CountingProxy:
                 self.total += 1
                 self.open += 1
                 self.max_open = max(self.max_open, self.open)
-                self._live.update((client, upstream))
+                self._live.add((client, upstream))
             done = threading.Event()
+            pair = (client, upstream)
             for a, b, downstream in ((client, upstream, False), (upstream, client, True)):
-                threading.Thread(target=self._pump, args=(a, b, done, downstream), daemon=True).start()
-            threading.Thread(target=self._closed_when, args=(done, client, upstream), daemon=True).start()
+                threading.Thread(target=self._pump, args=(a, b, done, downstream, pair), daemon=True).start()
+            threading.Thread(target=self._closed_when, args=(done, pair), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, done: threading.Event, downstream: bool) -> None:
+    def _pump(
+        self,
+        source: socket.socket,
+        sink: socket.socket,
+        done: threading.Event,
+        downstream: bool,
+        pair: tuple[socket.socket, socket.socket],
+    ) -> None:
         try:
             while chunk := source.recv(1 << 20):
                 sink.sendall(chunk)
                 if downstream and self._crossed_cut(len(chunk)):
-                    for sock in (source, sink):
+                    for sock in pair:
                         with contextlib.suppress(OSError):
                             sock.shutdown(socket.SHUT_RDWR)
+                    self._count_closed(pair)  # cut now, whatever the threads still do
                     return
         except OSError:
             pass
@@ -159,24 +168,30 @@ class CountingProxy:
                 return True
             return False
 
-    def _closed_when(self, done: threading.Event, *socks: socket.socket) -> None:
+    def _count_closed(self, pair: tuple[socket.socket, socket.socket]) -> None:
+        with self._lock:
+            if pair in self._live:
+                self.open -= 1
+                self._live.discard(pair)
+
+    def _closed_when(self, done: threading.Event, pair: tuple[socket.socket, socket.socket]) -> None:
         done.wait()
-        for sock in socks:
+        for sock in pair:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
-        with self._lock:
-            self.open -= 1
-            self._live.difference_update(socks)
+        self._count_closed(pair)
 
     def drop(self) -> int:
         """Cut every live connection; returns how many were cut."""
         with self._lock:
             live = list(self._live)
-        for sock in live:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        return len(live) // 2
+        for pair in live:
+            for sock in pair:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self._count_closed(pair)
+        return len(live)
 
     def close(self) -> None:
         self._listener.close()

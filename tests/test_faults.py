@@ -136,3 +136,24 @@ def test_secrets_never_reach_logs_outputs_or_causes(
     for secret in (password, token, in_url):
         assert secret not in seen
     assert "Traceback" not in seen
+
+
+def test_a_stalled_provider_is_source_unavailable_after_the_read_timeout_and_the_next_task_is_served(
+    gateway: GatewayFactory, sfn: Any, s3: Any, bucket: str, activity: str
+) -> None:
+    files = {"/stuck.h5": os.urandom(4 * MiB), "/next.h5": b"next"}
+    with FileHTTPServer(files) as provider:
+        provider.stalls["/stuck.h5"] = 0.5
+        gateway(activity, {"type": "http", "host": provider.host}, num_connections=1, read_timeout_s=1, retries=1)
+        machine = create_state_machine(sfn, activity)
+
+        stuck = wait_done(sfn, start(sfn, machine, download_message([(provider.url("/stuck.h5"), bucket, "s")])))
+        after = wait_done(sfn, start(sfn, machine, download_message([(provider.url("/next.h5"), bucket, "n")])))
+        connections = provider.connections_total
+
+    assert (stuck["status"], stuck["error"]) == ("FAILED", "SourceUnavailable")
+    assert "timed out" in json.loads(stuck["cause"])["files"][0]["error"].lower()
+    assert after["status"] == "SUCCEEDED", after
+    assert connections >= 2  # the stalled connection was replaced
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="s")
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

@@ -45,6 +45,9 @@ class FileHTTPServer(ThreadingHTTPServer):
         self.bytes_served = 0
         # Fault injection: path -> fractions of the file at which to reset the connection, once each.
         self.resets: dict[str, list[float]] = {}
+        # Fault injection: path -> fraction of the file after which every response stops sending.
+        self.stalls: dict[str, float] = {}
+        self.unstall = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -68,6 +71,7 @@ class FileHTTPServer(ThreadingHTTPServer):
         return self
 
     def stop(self) -> None:
+        self.unstall.set()
         self.shutdown()
         self.server_close()
 
@@ -135,6 +139,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
         if body:
+            stall = self.server.stalls.get(path)
+            if stall is not None:
+                self._send_body(memoryview(data)[start : max(start, int(len(data) * stall))])
+                self.server.unstall.wait(300)  # silent, connection open, as a hung provider
+                self.close_connection = True
+                return
             self._send_body(memoryview(data)[start:], self._reset_offset(path, start, len(data)))
 
     def _range_start(self, size: int) -> int:
