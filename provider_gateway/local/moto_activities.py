@@ -120,8 +120,19 @@ def _send_task_heartbeat(self: Any, task_token: str) -> None:
     _check_open(self, task_token).notify_heartbeat()
 
 
+ANSWERS: dict[str, list[str]] = {}
+"""Every SendTaskSuccess/SendTaskFailure received, per task token, accepted or not: what tests count."""
+_answers_lock = threading.Lock()
+
+
+def _record(token: str, action: str) -> None:
+    with _answers_lock:
+        ANSWERS.setdefault(token, []).append(action)
+
+
 def _wrap_notify(original: Any) -> Any:
     def notify(self: Any, task_token: str, *args: Any, **kwargs: Any) -> Any:
+        _record(task_token, original.__name__)
         _check_open(self, task_token)
         try:
             return original(self, task_token, *args, **kwargs)
