@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -156,4 +157,35 @@ def test_a_stalled_provider_is_source_unavailable_after_the_read_timeout_and_the
     assert after["status"] == "SUCCEEDED", after
     assert connections >= 2  # the stalled connection was replaced
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="s")
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_provider_killed_and_restarted_during_a_batch_of_twenty(
+    gateway: GatewayFactory, sfn: Any, s3: Any, bucket: str, activity: str
+) -> None:
+    files = {f"/batch/f{i:02d}.h5": os.urandom(1 * MiB) for i in range(20)}
+    first = FileHTTPServer(files, rate_bytes_per_s=4 * MiB).start()
+    port = int(first.server_address[1])
+    gateway(activity, {"type": "http", "host": first.host}, num_connections=2, retries=6)
+    machine = create_state_machine(sfn, activity)
+    executions = [start(sfn, machine, download_message([(first.url(p), bucket, p[1:])])) for p in files]
+    while first.connections_total == 0 or len(first.requests) < 4:
+        time.sleep(0.05)
+    first.kill()  # mid-batch, connections and all
+    most_first = first.connections_max
+    time.sleep(1.5)
+    with FileHTTPServer(files, rate_bytes_per_s=4 * MiB, port=port) as second:
+        results = [wait_done(sfn, arn, timeout_s=120) for arn in executions]
+        most_second = second.connections_max
+
+    outcomes = [(r["status"], r.get("error")) for r in results]
+    assert all(o == ("SUCCEEDED", None) or o == ("FAILED", "SourceUnavailable") for o in outcomes), outcomes
+    for (status, _), path in zip(outcomes, files, strict=True):
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=path[1:]).get("Contents", [])
+        if status == "SUCCEEDED":
+            assert s3.get_object(Bucket=bucket, Key=path[1:])["Body"].read() == files[path]
+        else:
+            assert listed == []
+    assert outcomes.count(("SUCCEEDED", None)) >= 18  # a retry budget of 6 outlasts a 1.5 s outage
+    assert max(most_first, most_second) <= 2
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

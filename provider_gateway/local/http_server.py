@@ -31,8 +31,9 @@ class FileHTTPServer(ThreadingHTTPServer):
         files: dict[str, bytes] | None = None,
         rate_bytes_per_s: float | None = None,
         basic_auth: tuple[str, str] | None = None,
+        port: int = 0,
     ) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", port), _Handler)
         self.files: dict[str, bytes] = dict(files or {})
         self.authorization = (
             "Basic " + base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode() if basic_auth else None
@@ -49,6 +50,7 @@ class FileHTTPServer(ThreadingHTTPServer):
         self.stalls: dict[str, float] = {}
         self.unstall = threading.Event()
         self._lock = threading.Lock()
+        self._live: set[socket.socket] = set()
         self._thread: threading.Thread | None = None
 
     @property
@@ -75,6 +77,15 @@ class FileHTTPServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
 
+    def kill(self) -> None:
+        """Stop and cut every open connection at once, as a crashed provider would."""
+        self.stop()
+        with self._lock:
+            live = list(self._live)
+        for sock in live:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def __enter__(self) -> FileHTTPServer:
         return self.start()
 
@@ -88,11 +99,13 @@ class FileHTTPServer(ThreadingHTTPServer):
             self.connections_total += 1
             self.connections_open += 1
             self.connections_max = max(self.connections_max, self.connections_open)
+            self._live.add(request)
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
         with self._lock:
             self.connections_open -= 1
+            self._live.discard(request)
         super().shutdown_request(request)
 
 
