@@ -45,6 +45,10 @@ class SourceUnavailable(GatewayError):
     retryable = True
 
 
+class ResumeUnsupported(SourceUnavailable):
+    """The provider cannot continue a file from an offset (it ignored HTTP Range): start it over."""
+
+
 class IntegrityError(GatewayError):
     """The bytes received differ in size or checksum from what was promised."""
 

@@ -189,3 +189,21 @@ def test_provider_killed_and_restarted_during_a_batch_of_twenty(
     assert outcomes.count(("SUCCEEDED", None)) >= 18  # a retry budget of 6 outlasts a 1.5 s outage
     assert max(most_first, most_second) <= 2
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_a_break_on_a_server_that_ignores_range_restarts_the_file(
+    gateway: GatewayFactory, sfn: Any, s3: Any, bucket: str, activity: str
+) -> None:
+    data = os.urandom(12 * MiB)
+    with FileHTTPServer({"/big.h5": data}) as provider:
+        provider.ignore_range = True
+        provider.resets["/big.h5"] = [0.5]
+        process = gateway(activity, {"type": "http", "host": provider.host}, part_size_mb=5)
+        machine = create_state_machine(sfn, activity)
+
+        done = wait_done(sfn, start(sfn, machine, download_message([(provider.url("/big.h5"), bucket, "big.h5")])))
+
+    assert done["status"] == "SUCCEEDED", done
+    assert s3.get_object(Bucket=bucket, Key="big.h5")["Body"].read() == data
+    assert "starting it over" in process.log()
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

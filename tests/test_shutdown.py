@@ -55,3 +55,32 @@ def test_sigterm_with_four_transfers_in_flight(
     answers = {t: a for t, a in moto_activities.ANSWERS.items() if t not in answered_before}
     assert len(answers) == 4 and all(len(a) == 1 for a in answers.values()), answers
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_a_second_signal_stops_at_once_and_still_answers_every_task(
+    gateway: GatewayFactory, sfn: Any, s3: Any, bucket: str, activity: str
+) -> None:
+    files = {f"/slow{i}.h5": os.urandom(8 * MiB) for i in range(2)}
+    with FileHTTPServer(files, rate_bytes_per_s=1 * MiB) as provider:
+        process = gateway(activity, {"type": "http", "host": provider.host}, num_connections=2, shutdown_grace_s=60)
+        machine = create_state_machine(sfn, activity)
+        answered_before = set(moto_activities.ANSWERS)
+        executions = [start(sfn, machine, download_message([(provider.url(p), bucket, p[1:])])) for p in files]
+        deadline = time.monotonic() + 20
+        while process.log().count(" claimed: ") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+        process.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        stopped_at = time.monotonic()
+        process.proc.send_signal(signal.SIGTERM)
+        code = process.proc.wait(30)
+        took = time.monotonic() - stopped_at
+        results = [wait_done(sfn, arn) for arn in executions]
+
+    assert code == 0
+    assert took < 10  # not the 60 s grace
+    assert [(r["status"], r.get("error")) for r in results] == [("FAILED", "GatewayShutdown")] * 2
+    answers = {t: a for t, a in moto_activities.ANSWERS.items() if t not in answered_before}
+    assert len(answers) == 2 and all(len(a) == 1 for a in answers.values()), answers
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

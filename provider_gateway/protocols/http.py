@@ -23,6 +23,7 @@ from provider_gateway import __version__
 from provider_gateway.config.model import HttpConnConfig
 from provider_gateway.errors import (
     GatewayError,
+    ResumeUnsupported,
     SourceAccessDenied,
     SourceNotFound,
     SourceUnavailable,
@@ -155,7 +156,7 @@ class HttpConnection:
         if status in _DENIED:
             raise SourceAccessDenied(f"GET {redact_url(url)}: {status} {response.reason}")
         if offset and status == 200:
-            raise SourceUnavailable(f"GET {redact_url(url)}: the server ignored the Range request")
+            raise ResumeUnsupported(f"GET {redact_url(url)}: the server ignored the Range request")
         if status not in (200, 206):
             raise SourceUnavailable(f"GET {redact_url(url)}: {status} {response.reason}")
         length = response.headers.get("Content-Length")

@@ -12,7 +12,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from provider_gateway.errors import GatewayError, InternalError
+from provider_gateway.errors import GatewayError, InternalError, ResumeUnsupported
 from provider_gateway.messages import Checksum, FileRequest, FileResult, parse_sidecar, redact_url
 from provider_gateway.protocols.base import Connection, SourceStream
 from provider_gateway.transfer.s3upload import MiB, part_size_for, upload
@@ -51,6 +51,7 @@ def open_source(
     stop: threading.Event,
     cancelled: CancelCheck,
     offset: int = 0,
+    resuming: bool = False,
 ) -> SourceStream:
     """Open the file (from ``offset``), retrying transient failures with exponential backoff.
 
@@ -61,10 +62,14 @@ def open_source(
     def sleep(seconds: float) -> None:
         stop.wait(seconds)
 
+    def retryable(exc: BaseException) -> bool:
+        # Asking again for a range the server ignores gives the same answer.
+        return _retryable(exc) and not (resuming and isinstance(exc, ResumeUnsupported))
+
     retrying = Retrying(
         stop=stop_after_attempt(options.retries + 1),
         wait=wait_exponential(multiplier=0.5, max=options.retry_wait_max_s),
-        retry=retry_if_exception(_retryable),
+        retry=retry_if_exception(retryable),
         sleep=sleep,
         reraise=True,
     )
@@ -111,6 +116,27 @@ def _copy(
     checksum = request.checksum
     if checksum is not None and checksum.url:
         checksum = _sidecar_checksum(connection, request, checksum, options, stop, cancelled)
+    restarts = options.retries
+    while True:
+        try:
+            return _stream_once(connection, request, s3, options, stop, cancelled, checksum)
+        except ResumeUnsupported:
+            # The upload was aborted with its parts; only a fresh start can get the whole file.
+            if restarts <= 0 or cancelled() is not None:
+                raise
+            restarts -= 1
+            log.warning("%s cannot be resumed from an offset: starting it over", redact_url(request.url))
+
+
+def _stream_once(
+    connection: Callable[[], Connection],
+    request: FileRequest,
+    s3: Any,
+    options: CopyOptions,
+    stop: threading.Event,
+    cancelled: CancelCheck,
+    checksum: Checksum | None,
+) -> FileResult:
     source = open_source(connection, request, options, stop, cancelled)
     size = request.size if request.size is not None else source.size
     stream = TransferStream(
@@ -118,7 +144,7 @@ def _copy(
         size,
         checksum,
         cancelled,
-        reopen=lambda offset: open_source(connection, request, options, stop, cancelled, offset),
+        reopen=lambda offset: open_source(connection, request, options, stop, cancelled, offset, resuming=True),
         resumes=options.retries,
     )
     try:
