@@ -77,14 +77,18 @@ def gateway(tmp_path: Path, aws_env: dict[str, str], request: pytest.FixtureRequ
     started: list[GatewayProcess] = []
 
     def start(
-        activity_arn: str, conn_config: dict[str, Any], provider_id: str = "HTTP_PROV", **settings: Any
+        activity_arn: str,
+        conn_config: dict[str, Any],
+        provider_id: str = "HTTP_PROV",
+        extra_env: dict[str, str] | None = None,
+        **settings: Any,
     ) -> GatewayProcess:
         gateway_config = {"activity_arn": activity_arn, "conn_config": conn_config, "num_connections": 2}
         gateway_config.update(settings)
         config = write_config(
             tmp_path / f"collections-{len(started)}.yml", [{"id": provider_id, "gateway_config": gateway_config}]
         )
-        process = GatewayProcess(config, aws_env, tmp_path / f"gateway-{len(started)}.log")
+        process = GatewayProcess(config, {**aws_env, **(extra_env or {})}, tmp_path / f"gateway-{len(started)}.log")
         started.append(process)
         return process
 

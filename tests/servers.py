@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import http.client
+import http.server
 import os
 import shutil
 import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
@@ -196,3 +199,66 @@ class CountingProxy:
     def close(self) -> None:
         self._listener.close()
         self.drop()
+
+
+class FaultyS3Proxy:
+    """An HTTP proxy in front of the local S3 that fails the requests ``fail`` picks.
+
+    ``fail(method, path_and_query)`` returns an S3 error code to answer with
+    (``AccessDenied`` -> 403, anything else -> 500), or None to forward.
+    """
+
+    def __init__(self, target: str, fail: Callable[[str, str], str | None]) -> None:
+        target_port = int(target.rsplit(":", 1)[1])
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                code = fail(self.command, self.path)
+                if code is not None:
+                    proxy.failed.append(f"{self.command} {self.path}")
+                    self._answer(
+                        403 if code == "AccessDenied" else 500,
+                        f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode(),
+                        {},
+                    )
+                    return
+                upstream = http.client.HTTPConnection("127.0.0.1", target_port, timeout=60)
+                upstream.request(self.command, self.path, body, dict(self.headers.items()))
+                response = upstream.getresponse()
+                data = response.read()
+                headers = {
+                    k: v
+                    for k, v in response.getheaders()
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection")
+                }
+                self._answer(response.status, data, headers)
+                upstream.close()
+
+            def _answer(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward  # noqa: N815
+
+        self.failed: list[str] = []
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

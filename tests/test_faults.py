@@ -13,8 +13,9 @@ import pytest
 
 from provider_gateway.local.ftp_server import FileFTPServer
 from provider_gateway.local.http_server import FileHTTPServer
+from provider_gateway.local.stack import LocalStack
 from tests.conftest import GatewayFactory
-from tests.servers import SSHD, CountingProxy, Sshd
+from tests.servers import SSHD, CountingProxy, FaultyS3Proxy, Sshd
 from tests.support import create_activity, create_state_machine, download_message, start, wait_done
 
 MiB = 1024 * 1024
@@ -206,4 +207,31 @@ def test_a_break_on_a_server_that_ignores_range_restarts_the_file(
     assert done["status"] == "SUCCEEDED", done
     assert s3.get_object(Bucket=bucket, Key="big.h5")["Body"].read() == data
     assert "starting it over" in process.log()
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("code", ["AccessDenied", "InternalError"])
+def test_s3_failing_a_part_mid_upload_is_target_write_failed_and_aborts_the_upload(
+    gateway: GatewayFactory, stack: LocalStack, sfn: Any, s3: Any, bucket: str, activity: str, code: str
+) -> None:
+    proxy = FaultyS3Proxy(stack.endpoint, lambda method, path: code if "partNumber=2&" in path + "&" else None)
+    data = os.urandom(12 * MiB)
+    try:
+        with FileHTTPServer({"/big.h5": data}) as provider:
+            gateway(
+                activity,
+                {"type": "http", "host": provider.host},
+                part_size_mb=5,
+                extra_env={"AWS_ENDPOINT_URL_S3": proxy.endpoint},
+            )
+            machine = create_state_machine(sfn, activity)
+
+            done = wait_done(sfn, start(sfn, machine, download_message([(provider.url("/big.h5"), bucket, "big.h5")])))
+    finally:
+        proxy.close()
+
+    assert (done["status"], done["error"]) == ("FAILED", "TargetWriteFailed"), done
+    assert code in json.loads(done["cause"])["files"][0]["error"]
+    assert proxy.failed, "the fault was never injected"
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
+from typing import Any
 
 import pytest
 
 from provider_gateway.errors import GatewayShutdown, IntegrityError
-from provider_gateway.messages import Checksum
+from provider_gateway.messages import Checksum, FileRequest
+from provider_gateway.transfer.copy import CopyOptions, copy_file
 from provider_gateway.transfer.s3upload import MAX_PARTS, MiB, part_size_for
 from provider_gateway.transfer.stream import TransferStream
 
@@ -77,3 +81,31 @@ def test_part_size_fits_any_size_up_to_5_tib_in_10000_parts() -> None:
         assert part % MiB == 0
         assert -(-size // part) <= MAX_PARTS
     assert part_size_for(5 * 1024**4, minimum) == 525 * MiB
+
+
+class _Buggy:
+    """A connection with a bug: not a contract error, a plain exception."""
+
+    def open(self, url: str, offset: int = 0) -> Any:
+        raise KeyError("a bug inside the gateway")
+
+    def check(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_bug_in_one_file_becomes_an_internal_error_result_with_its_traceback_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    request = FileRequest(index=0, url="http://h/f", bucket="b", key="k")
+
+    with caplog.at_level(logging.ERROR):
+        outcome = copy_file(
+            _Buggy, request, s3=None, options=CopyOptions(), stop=threading.Event(), cancelled=lambda: None
+        )
+
+    assert (outcome.result.success, outcome.result.error_code) == (False, "GatewayInternalError")
+    assert "KeyError" in str(outcome.result.error)
+    assert any(record.exc_info for record in caplog.records)
