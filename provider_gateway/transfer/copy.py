@@ -44,44 +44,6 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, GatewayError) and exc.retryable
 
 
-def open_source(
-    connection: Callable[[], Connection],
-    request: FileRequest,
-    options: CopyOptions,
-    stop: threading.Event,
-    cancelled: CancelCheck,
-    offset: int = 0,
-    resuming: bool = False,
-) -> SourceStream:
-    """Open the file (from ``offset``), retrying transient failures with exponential backoff.
-
-    ``connection`` returns the thread's live connection (reconnecting if it was
-    dropped); ``stop`` cuts a backoff sleep short when the task is cancelled.
-    """
-
-    def sleep(seconds: float) -> None:
-        stop.wait(seconds)
-
-    def retryable(exc: BaseException) -> bool:
-        # Asking again for a range the server ignores gives the same answer.
-        return _retryable(exc) and not (resuming and isinstance(exc, ResumeUnsupported))
-
-    retrying = Retrying(
-        stop=stop_after_attempt(options.retries + 1),
-        wait=wait_exponential(multiplier=0.5, max=options.retry_wait_max_s),
-        retry=retry_if_exception(retryable),
-        sleep=sleep,
-        reraise=True,
-    )
-    for attempt in retrying:
-        with attempt:
-            reason = cancelled()
-            if reason is not None:
-                raise reason
-            return connection().open(request.url, offset)
-    raise AssertionError("unreachable: tenacity re-raises the last failure")
-
-
 def copy_file(
     connection: Callable[[], Connection],
     request: FileRequest,
@@ -90,10 +52,14 @@ def copy_file(
     stop: threading.Event,
     cancelled: CancelCheck,
 ) -> CopyOutcome:
-    """Copy one file; every failure becomes a FileResult with its contract code."""
+    """Copy one file; every failure becomes a FileResult with its contract code.
+
+    ``connection`` returns the thread's live connection (reconnecting if it was
+    dropped); ``stop`` cuts a backoff sleep short when the task is cancelled.
+    """
     started = time.monotonic()
     try:
-        result = _copy(connection, request, s3, options, stop, cancelled)
+        result = _Copier(connection, s3, options, stop, cancelled).copy(request)
     except GatewayError as exc:
         result = FileResult(success=False, error_code=exc.code, error=exc.message)
     except Exception as exc:  # a bug must fail one file, not the connection thread
@@ -103,56 +69,86 @@ def copy_file(
     return CopyOutcome(result=result, seconds=time.monotonic() - started)
 
 
-def _copy(
-    connection: Callable[[], Connection],
-    request: FileRequest,
-    s3: Any,
-    options: CopyOptions,
-    stop: threading.Event,
-    cancelled: CancelCheck,
-) -> FileResult:
-    if already_there(s3, request):
-        return FileResult(success=True, version_skip=True)
-    checksum = request.checksum
-    if checksum is not None and checksum.url:
-        checksum = _sidecar_checksum(connection, request, checksum, options, stop, cancelled)
-    restarts = options.retries
-    while True:
+@dataclass(frozen=True)
+class _Copier:
+    """The collaborators of one copy, so its steps need not pass them along."""
+
+    connection: Callable[[], Connection]
+    s3: Any
+    options: CopyOptions
+    stop: threading.Event
+    cancelled: CancelCheck
+
+    def copy(self, request: FileRequest) -> FileResult:
+        if already_there(self.s3, request):
+            return FileResult(success=True, version_skip=True)
+        checksum = request.checksum
+        if checksum is not None and checksum.url:
+            checksum = self._sidecar_checksum(checksum)
+        restarts = self.options.retries
+        while True:
+            try:
+                return self._stream_once(request, checksum)
+            except ResumeUnsupported:
+                # The upload was aborted with its parts; only a fresh start can get the whole file.
+                if restarts <= 0 or self.cancelled() is not None:
+                    raise
+                restarts -= 1
+                log.warning("%s cannot be resumed from an offset: starting it over", redact_url(request.url))
+
+    def open(self, url: str, offset: int = 0, resuming: bool = False) -> SourceStream:
+        """Open ``url`` from ``offset``, retrying transient failures with exponential backoff."""
+
+        def sleep(seconds: float) -> None:
+            self.stop.wait(seconds)
+
+        def retryable(exc: BaseException) -> bool:
+            # Asking again for a range the server ignores gives the same answer.
+            return _retryable(exc) and not (resuming and isinstance(exc, ResumeUnsupported))
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.options.retries + 1),
+            wait=wait_exponential(multiplier=0.5, max=self.options.retry_wait_max_s),
+            retry=retry_if_exception(retryable),
+            sleep=sleep,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                reason = self.cancelled()
+                if reason is not None:
+                    raise reason
+                return self.connection().open(url, offset)
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+    def _stream_once(self, request: FileRequest, checksum: Checksum | None) -> FileResult:
+        source = self.open(request.url)
+        size = request.size if request.size is not None else source.size
+        stream = TransferStream(
+            source,
+            size,
+            checksum,
+            self.cancelled,
+            reopen=lambda offset: self.open(request.url, offset, resuming=True),
+            resumes=self.options.retries,
+        )
         try:
-            return _stream_once(connection, request, s3, options, stop, cancelled, checksum)
-        except ResumeUnsupported:
-            # The upload was aborted with its parts; only a fresh start can get the whole file.
-            if restarts <= 0 or cancelled() is not None:
-                raise
-            restarts -= 1
-            log.warning("%s cannot be resumed from an offset: starting it over", redact_url(request.url))
+            metadata = object_metadata(request.version, checksum)
+            part_size = part_size_for(size, self.options.min_part_size)
+            upload(self.s3, stream, request.bucket, request.key, part_size, metadata)
+        finally:
+            stream.close()
+        return FileResult(success=True, bytes=stream.bytes, checksum=stream.checksum)
 
-
-def _stream_once(
-    connection: Callable[[], Connection],
-    request: FileRequest,
-    s3: Any,
-    options: CopyOptions,
-    stop: threading.Event,
-    cancelled: CancelCheck,
-    checksum: Checksum | None,
-) -> FileResult:
-    source = open_source(connection, request, options, stop, cancelled)
-    size = request.size if request.size is not None else source.size
-    stream = TransferStream(
-        source,
-        size,
-        checksum,
-        cancelled,
-        reopen=lambda offset: open_source(connection, request, options, stop, cancelled, offset, resuming=True),
-        resumes=options.retries,
-    )
-    try:
-        metadata = object_metadata(request.version, checksum)
-        upload(s3, stream, request.bucket, request.key, part_size_for(size, options.min_part_size), metadata)
-    finally:
-        stream.close()
-    return FileResult(success=True, bytes=stream.bytes, checksum=stream.checksum)
+    def _sidecar_checksum(self, checksum: Checksum) -> Checksum:
+        url = str(checksum.url)
+        stream = self.open(url)
+        try:
+            text = TransferStream(stream, None, None, self.cancelled).read(SIDECAR_MAX_BYTES)
+        finally:
+            stream.close()
+        value = parse_sidecar(text, checksum.algorithm, f"sidecar {redact_url(url)}")
+        return Checksum(checksum.algorithm, value)
 
 
 def object_metadata(version: str | None, checksum: Checksum | None) -> dict[str, str]:
@@ -174,21 +170,3 @@ def already_there(s3: Any, request: FileRequest) -> bool:
     except ClientError:
         return False  # absent (404) or not readable: the download decides
     return bool(head.get("Metadata", {}).get("version") == request.version)
-
-
-def _sidecar_checksum(
-    connection: Callable[[], Connection],
-    request: FileRequest,
-    checksum: Checksum,
-    options: CopyOptions,
-    stop: threading.Event,
-    cancelled: CancelCheck,
-) -> Checksum:
-    sidecar = FileRequest(index=request.index, url=str(checksum.url), bucket=request.bucket, key=request.key)
-    stream = open_source(connection, sidecar, options, stop, cancelled)
-    try:
-        text = TransferStream(stream, None, None, cancelled).read(SIDECAR_MAX_BYTES)
-    finally:
-        stream.close()
-    value = parse_sidecar(text, checksum.algorithm, f"sidecar {redact_url(str(checksum.url))}")
-    return Checksum(checksum.algorithm, value)
