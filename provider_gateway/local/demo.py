@@ -15,6 +15,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,8 @@ class DemoProvider:
     id: str
     conn_config: dict[str, Any]
     url_prefix: str
-    connections: Any
+    connections: Callable[[], tuple[int, int]]
+    """What the provider saw: connections in all, and the most open at once."""
 
     def url(self, name: str) -> str:
         return self.url_prefix + quote(name)
@@ -109,18 +111,23 @@ def _start_providers(stack: ExitStack, files: dict[str, bytes]) -> list[DemoProv
     sftp = stack.enter_context(InProcessSFTPServer(root))
     login = {"username": "provider", "password": "secret"}
     return [
-        DemoProvider("HTTP_PROV", {"type": "http", "host": http.host}, f"{http.base_url}/MODIS/", http),
+        DemoProvider(
+            "HTTP_PROV",
+            {"type": "http", "host": http.host},
+            f"{http.base_url}/MODIS/",
+            lambda: (http.connections_total, http.connections_max),
+        ),
         DemoProvider(
             "FTP_PROV",
             {"type": "ftp", "host": "127.0.0.1", "port": ftp.port, **login},
             f"ftp://127.0.0.1:{ftp.port}/",
-            ftp,
+            lambda: (ftp.sessions_total, ftp.sessions_max),
         ),
         DemoProvider(
             "SFTP_PROV",
             {"type": "sftp", "host": "127.0.0.1", "port": sftp.port, "host_key": sftp.host_key_line, **login},
             f"sftp://127.0.0.1:{sftp.port}/",
-            sftp,
+            lambda: (sftp.sessions_total, sftp.sessions_max),
         ),
     ]
 
@@ -206,7 +213,5 @@ def _print_summary(rows: list[Row], elapsed: float, providers: list[DemoProvider
     total = sum(r.bytes for r in rows)
     print(f"\n{len(rows)} executions, {total / MB:.1f} MB in {elapsed:.1f} s ({total / elapsed / MB:.1f} MB/s in all)")
     for p in providers:
-        seen = p.connections
-        total_conns = getattr(seen, "connections_total", None) or getattr(seen, "sessions_total", 0)
-        max_conns = getattr(seen, "connections_max", None) or getattr(seen, "sessions_max", 0)
+        total_conns, max_conns = p.connections()
         print(f"  {p.id:<10} saw {total_conns} connection(s) in all, at most {max_conns} at once (limit 2)")
