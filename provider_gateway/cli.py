@@ -12,7 +12,7 @@ import yaml
 
 from provider_gateway import __version__
 from provider_gateway.aws import AwsClients
-from provider_gateway.config import Config, load_config, masked
+from provider_gateway.config import Config, load_config, masked, unresolved_resources
 from provider_gateway.errors import ConfigError
 
 log = logging.getLogger("provider_gateway")
@@ -26,11 +26,12 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _load(location: str, providers: tuple[str, ...] = ()) -> Config:
+def _load(location: str, providers: tuple[str, ...] = (), resolve_activities: bool = True) -> Config:
     """Load the config; any problem is a usage error (exit 2) naming the key."""
     clients = AwsClients()
+    resolver = None if resolve_activities else unresolved_resources
     try:
-        config = load_config(location, s3_client_factory=clients.s3)
+        config = load_config(location, resolver=resolver, s3_client_factory=clients.s3)
         if providers:
             missing = [p for p in providers if p not in {c.id for c in config.providers}]
             if missing:
@@ -103,6 +104,57 @@ def validate(config_location: str) -> None:
         click.echo(yaml.safe_dump(rendered, sort_keys=False).rstrip())
         click.echo("---")
     click.echo(f"valid: {len(config.providers)} provider(s)")
+
+
+@main.command()
+@click.argument("source_url")
+@click.argument("target")
+@click.option("--config", "config_location", help="collections.yml (path or s3://): take the provider's settings.")
+@click.option("--provider", "provider_id", help="The provider in --config (default: the one the URL belongs to).")
+@click.option("--version", "version", help="Store as the object's 'version' metadata; skip if already there.")
+@click.option("--checksum", help="Verify the file against ALGO:HEX (md5, sha1, sha256, sha512).")
+@click.option("--size", type=click.IntRange(min=0), help="Expected size in bytes; a different size fails.")
+@click.option("--known-hosts", type=click.Path(dir_okay=False), help="known_hosts for an sftp URL without --config.")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal)."
+)
+def download(
+    source_url: str,
+    target: str,
+    config_location: str | None,
+    provider_id: str | None,
+    version: str | None,
+    checksum: str | None,
+    size: int | None,
+    known_hosts: str | None,
+    progress: bool | None,
+) -> None:
+    """Copy one file from SOURCE_URL to TARGET (s3://BUCKET/KEY), without Step Functions.
+
+    Prints one JSON line with the result on stdout. Exit status: 0 success,
+    2 bad usage or InvalidRequest, 3 SourceNotFound, 4 SourceAccessDenied,
+    5 SourceUnavailable, 6 IntegrityError, 7 TargetWriteFailed,
+    8 GatewayShutdown (SIGTERM), 1 anything else. A TARGET key ending in /
+    gets the file name of the URL.
+    """
+    from provider_gateway.download_command import run_download
+
+    if provider_id and not config_location:
+        raise click.UsageError("--provider needs --config")
+    config = _load(config_location, resolve_activities=False) if config_location else None
+    sys.exit(
+        run_download(
+            source_url,
+            target,
+            config=config,
+            provider_id=provider_id,
+            version=version,
+            checksum=checksum,
+            size=size,
+            known_hosts=known_hosts,
+            progress=sys.stderr.isatty() if progress is None else progress,
+        )
+    )
 
 
 @main.command()

@@ -1,6 +1,6 @@
 """Configuration: ``collections.yml`` read into frozen, checked dataclasses."""
 
-from provider_gateway.config.loader import cloudformation_resolver, load_config, parse_config
+from provider_gateway.config.loader import cloudformation_resolver, load_config, parse_config, unresolved_resources
 from provider_gateway.config.model import (
     Config,
     ConnConfig,
@@ -24,4 +24,5 @@ __all__ = [
     "load_config",
     "masked",
     "parse_config",
+    "unresolved_resources",
 ]

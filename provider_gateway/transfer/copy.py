@@ -16,7 +16,7 @@ from provider_gateway.errors import GatewayError, InternalError, ResumeUnsupport
 from provider_gateway.messages import Checksum, FileRequest, FileResult, parse_sidecar, redact_url
 from provider_gateway.protocols.base import Connection, SourceStream
 from provider_gateway.transfer.s3upload import MiB, part_size_for, upload
-from provider_gateway.transfer.stream import CancelCheck, TransferStream
+from provider_gateway.transfer.stream import CancelCheck, ProgressCallback, TransferStream
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +51,19 @@ def copy_file(
     options: CopyOptions,
     stop: threading.Event,
     cancelled: CancelCheck,
+    progress: ProgressCallback | None = None,
+    on_size: Callable[[int | None], None] | None = None,
 ) -> CopyOutcome:
     """Copy one file; every failure becomes a FileResult with its contract code.
 
     ``connection`` returns the thread's live connection (reconnecting if it was
-    dropped); ``stop`` cuts a backoff sleep short when the task is cancelled.
+    dropped); ``stop`` cuts a backoff sleep short when the task is cancelled;
+    ``progress`` is told the size of every piece read from the source, and
+    ``on_size`` the file's size once the source is open (None if unknown).
     """
     started = time.monotonic()
     try:
-        result = _Copier(connection, s3, options, stop, cancelled).copy(request)
+        result = _Copier(connection, s3, options, stop, cancelled, progress, on_size).copy(request)
     except GatewayError as exc:
         result = FileResult(success=False, error_code=exc.code, error=exc.message)
     except Exception as exc:  # a bug must fail one file, not the connection thread
@@ -78,6 +82,8 @@ class _Copier:
     options: CopyOptions
     stop: threading.Event
     cancelled: CancelCheck
+    progress: ProgressCallback | None = None
+    on_size: Callable[[int | None], None] | None = None
 
     def copy(self, request: FileRequest) -> FileResult:
         if already_there(self.s3, request):
@@ -124,11 +130,14 @@ class _Copier:
     def _stream_once(self, request: FileRequest, checksum: Checksum | None) -> FileResult:
         source = self.open(request.url)
         size = request.size if request.size is not None else source.size
+        if self.on_size is not None:
+            self.on_size(size)
         stream = TransferStream(
             source,
             size,
             checksum,
             self.cancelled,
+            progress=self.progress,
             reopen=lambda offset: self.open(request.url, offset, resuming=True),
             resumes=self.options.retries,
         )

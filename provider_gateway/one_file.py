@@ -1,0 +1,270 @@
+"""One file from a provider into S3 without Step Functions.
+
+The engine's copy (streaming, verification, resume, clean aborts) for the
+``provider-gateway download`` command, the AWS Batch job that runs it, and the
+streaming Lambda handler. The provider's settings come from ``collections.yml``
+or, for a plain URL, from the URL itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+
+from provider_gateway.config.model import (
+    Config,
+    ConnConfig,
+    FtpConnConfig,
+    GatewayConfig,
+    HttpConnConfig,
+    ProviderConfig,
+    SftpConnConfig,
+)
+from provider_gateway.errors import GatewayError, GatewayShutdown, InvalidRequest
+from provider_gateway.messages import Checksum, FileRequest, FileResult, redact_url, url_path
+from provider_gateway.protocols import Connection, ConnectionSettings, check_url, connection_factory
+from provider_gateway.transfer.copy import CopyOptions, CopyOutcome, copy_file
+from provider_gateway.transfer.s3upload import MiB
+from provider_gateway.transfer.stream import ProgressCallback
+
+log = logging.getLogger(__name__)
+
+CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
+
+# Exit statuses of the download command, one per contract error code, so that an AWS Batch
+# retryStrategy (evaluateOnExit.onExitCode) can retry exactly the transient ones.
+EXIT_STATUS: dict[str, int] = {
+    "InvalidRequest": 2,
+    "SourceNotFound": 3,
+    "SourceAccessDenied": 4,
+    "SourceUnavailable": 5,
+    "IntegrityError": 6,
+    "TargetWriteFailed": 7,
+    "GatewayShutdown": 8,
+}
+EXIT_OTHER = 1
+
+
+def exit_status(error_code: str | None) -> int:
+    """The exit status of a download that ended with ``error_code`` (0 for success)."""
+    if error_code is None:
+        return 0
+    return EXIT_STATUS.get(error_code, EXIT_OTHER)
+
+
+@dataclass(frozen=True)
+class Source:
+    """How to reach one file: the provider's connection settings and the URL to fetch."""
+
+    conn: ConnConfig
+    url: str
+    options: CopyOptions = field(default_factory=CopyOptions)
+    settings: ConnectionSettings = field(default_factory=ConnectionSettings)
+    allowed_buckets: tuple[str, ...] = ()
+
+
+def source_from_provider(gateway: GatewayConfig, url: str) -> Source:
+    """The file at ``url`` of a configured provider; InvalidRequest if the URL is not the provider's."""
+    check_url(gateway.conn, url)
+    return Source(
+        conn=gateway.conn,
+        url=url,
+        options=CopyOptions(min_part_size=gateway.part_size_mb * MiB, retries=gateway.retries),
+        settings=ConnectionSettings(read_timeout_s=gateway.read_timeout_s),
+        allowed_buckets=gateway.allowed_buckets,
+    )
+
+
+def choose_provider(config: Config, url: str, provider_id: str | None) -> ProviderConfig:
+    """The provider named ``provider_id``, or else the one provider that ``url`` belongs to."""
+    if provider_id is not None:
+        try:
+            return config.provider(provider_id)
+        except KeyError:
+            raise InvalidRequest(f"no provider {provider_id!r} in the config") from None
+    matching = []
+    for provider in config.providers:
+        try:
+            check_url(provider.gateway.conn, url)
+        except InvalidRequest:
+            continue
+        matching.append(provider)
+    if len(matching) != 1:
+        found = ", ".join(p.id for p in matching) or "none"
+        raise InvalidRequest(
+            f"{redact_url(url)} belongs to {len(matching)} configured providers ({found}): name one with --provider"
+        )
+    return matching[0]
+
+
+def source_from_url(url: str, known_hosts_file: str | None = None) -> Source:
+    """Connection settings read off the URL alone: scheme, host, port and any ``user:password@``.
+
+    The credentials are moved out of the URL into the connection settings, so
+    they are sent only to that host and never logged. An sftp URL needs a user
+    name and a known host key (``known_hosts_file``, else ``~/.ssh/known_hosts``).
+    """
+    parts = _split(url)
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    if not host:
+        raise InvalidRequest(f"{redact_url(url)} names no host")
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    netloc = parts.netloc.rpartition("@")[2]
+    bare = urlunsplit((scheme, netloc, parts.path, parts.query, ""))
+    conn: ConnConfig
+    if scheme in ("http", "https"):
+        conn = HttpConnConfig(type=scheme, host=netloc, username=user, password=password)  # type: ignore[arg-type]
+    elif scheme in ("ftp", "ftps"):
+        conn = FtpConnConfig(
+            type=scheme,  # type: ignore[arg-type]
+            host=host,
+            port=parts.port or 21,
+            username=user or "anonymous",
+            password=password,
+        )
+    elif scheme == "sftp":
+        conn = _sftp_from_url(parts, host, user, password, known_hosts_file)
+    else:
+        raise InvalidRequest(
+            f"scheme {parts.scheme or '(none)'!r} is not supported (http, https, ftp, ftps, sftp)"
+        )
+    check_url(conn, bare)
+    return Source(conn=conn, url=bare)
+
+
+def _split(url: str) -> SplitResult:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise InvalidRequest(f"not a valid URL: {redact_url(url)} ({exc})") from None
+    return parts
+
+
+def _sftp_from_url(
+    parts: SplitResult, host: str, user: str | None, password: str | None, known_hosts_file: str | None
+) -> SftpConnConfig:
+    if not user:
+        raise InvalidRequest("an sftp URL needs a user name (sftp://user@host/path), or use --config")
+    known_hosts = known_hosts_file or str(Path("~/.ssh/known_hosts").expanduser())
+    if not Path(known_hosts).is_file():
+        raise InvalidRequest(f"no known_hosts file at {known_hosts} to check the sftp host key against")
+    return SftpConnConfig(
+        type="sftp",
+        host=host,
+        port=parts.port or 22,
+        username=user,
+        password=password,
+        known_hosts_file=known_hosts,
+    )
+
+
+def s3_target(target: str, url: str) -> tuple[str, str]:
+    """``s3://bucket/key`` as (bucket, key); a key ending in ``/`` (or none) gets the URL's file name."""
+    parts = urlsplit(target)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise InvalidRequest(f"target {target!r} is not s3://BUCKET/KEY")
+    key = parts.path.lstrip("/")
+    if not key or key.endswith("/"):
+        name = posixpath.basename(url_path(url))
+        if not name:
+            raise InvalidRequest(f"{redact_url(url)} names no file, so the target needs a full key")
+        key += name
+    return parts.netloc, key
+
+
+def parse_checksum(text: str) -> Checksum:
+    """``ALGO:HEX`` (as ``--checksum`` takes it) as a Checksum."""
+    algorithm, _, value = text.partition(":")
+    algorithm = algorithm.strip().lower()
+    value = value.strip().lower()
+    if algorithm not in CHECKSUM_ALGORITHMS or not value or any(c not in "0123456789abcdef" for c in value):
+        raise InvalidRequest(f"checksum {text!r} is not ALGO:HEX with ALGO one of {', '.join(CHECKSUM_ALGORITHMS)}")
+    return Checksum(algorithm, value)
+
+
+def file_request(
+    source: Source,
+    bucket: str,
+    key: str,
+    version: str | None = None,
+    size: int | None = None,
+    checksum: Checksum | None = None,
+) -> FileRequest:
+    """The request for ``source``'s file, refused if the bucket is not allowed for its provider."""
+    if source.allowed_buckets and bucket not in source.allowed_buckets:
+        raise InvalidRequest(f"bucket {bucket!r} is not in allowed_buckets")
+    return FileRequest(index=0, url=source.url, bucket=bucket, key=key, version=version, size=size, checksum=checksum)
+
+
+def download(
+    source: Source,
+    request: FileRequest,
+    s3: Any,
+    stop: threading.Event,
+    progress: ProgressCallback | None = None,
+    on_size: Callable[[int | None], None] | None = None,
+    stop_reason: Callable[[], GatewayError] = lambda: GatewayShutdown("stopped before the file was complete"),
+) -> CopyOutcome:
+    """Copy one file over a connection of its own, closed at the end.
+
+    Setting ``stop`` cancels the copy: the upload is aborted and the result
+    carries ``stop_reason()``'s code.
+    """
+    holder: list[Connection] = []
+    factory = connection_factory(source.conn)
+
+    def connection() -> Connection:
+        if holder and not holder[0].check():
+            _close(holder.pop())
+        if not holder:
+            holder.append(factory(source.conn, source.settings))
+        return holder[0]
+
+    def cancelled() -> GatewayError | None:
+        return stop_reason() if stop.is_set() else None
+
+    try:
+        return copy_file(connection, request, s3, source.options, stop, cancelled, progress, on_size)
+    finally:
+        if holder:
+            _close(holder.pop())
+
+
+def _close(connection: Connection) -> None:
+    try:
+        connection.close()
+    except Exception:  # a connection that fails to close is gone either way
+        log.debug("closing the connection failed", exc_info=True)
+
+
+def result_line(request: FileRequest, outcome: CopyOutcome) -> dict[str, Any]:
+    """The JSON-ready summary of one download: what the command prints and the Lambda returns."""
+    result: FileResult = outcome.result
+    line: dict[str, Any] = {
+        "source": redact_url(request.url),
+        "target": {"bucket": request.bucket, "key": request.key},
+        "success": result.success,
+        "bytes": result.bytes,
+        "seconds": round(outcome.seconds, 3),
+    }
+    if outcome.seconds > 0 and result.bytes:
+        line["mb_per_s"] = round(result.bytes / outcome.seconds / 1e6, 2)
+    if result.version_skip:
+        line["version_skip"] = True
+    if request.version is not None:
+        line["version"] = request.version
+    if result.checksum is not None:
+        line["checksum"] = {"type": result.checksum.algorithm, "value": result.checksum.value}
+    if not result.success:
+        line["error_code"] = result.error_code
+        line["error"] = result.error
+    return line

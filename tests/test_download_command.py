@@ -1,0 +1,226 @@
+"""``provider-gateway download``: one file end to end through the real CLI, into the local S3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provider_gateway.local.http_server import FileHTTPServer
+from tests.providers import provider_for
+from tests.support import cli_path, unique, write_config
+
+ARN = "arn:aws:states:us-east-1:123456789012:activity:unused"
+MiB = 1024 * 1024
+
+
+def run_download(aws_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [cli_path(), "download", *args],
+        env={**os.environ, **aws_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def json_line(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, f"expected one JSON line on stdout, got {done.stdout!r} (stderr {done.stderr!r})"
+    line: dict[str, Any] = json.loads(lines[0])
+    return line
+
+
+def provider_config(tmp_path: Path, conn_config: dict[str, Any], **settings: Any) -> Path:
+    gateway = {"activity_arn": ARN, "conn_config": conn_config, "num_connections": 1, **settings}
+    return write_config(tmp_path / f"{unique('cfg')}.yml", [{"id": "PROV", "gateway_config": gateway}])
+
+
+def no_uploads_left(s3: Any, bucket: str) -> bool:
+    return not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+@pytest.mark.parametrize("kind", ["http", "ftp", "sftp"])
+def test_download_copies_a_file_with_the_providers_config(
+    kind: str, tmp_path: Path, aws_env: dict[str, str], s3: Any, bucket: str
+) -> None:
+    data = os.urandom(3 * MiB + 17)
+    with provider_for(kind, tmp_path) as provider:
+        provider.put("granule 1.h5", data)
+        config = provider_config(tmp_path, provider.conn_config(True))
+        digest = hashlib.sha256(data).hexdigest()
+        done = run_download(
+            aws_env,
+            provider.url("granule 1.h5"),
+            f"s3://{bucket}/in/",
+            "--config",
+            str(config),
+            "--version",
+            "v7",
+            "--checksum",
+            f"sha256:{digest}",
+        )
+    assert done.returncode == 0, done.stderr
+    line = json_line(done)
+    assert line["success"] is True
+    assert line["bytes"] == len(data)
+    assert line["target"] == {"bucket": bucket, "key": "in/granule 1.h5"}
+    assert line["checksum"] == {"type": "sha256", "value": digest}
+    obj = s3.get_object(Bucket=bucket, Key="in/granule 1.h5")
+    assert obj["Body"].read() == data
+    assert obj["Metadata"]["version"] == "v7"
+
+
+def test_download_takes_credentials_from_the_url_and_keeps_them_out_of_the_output(
+    tmp_path: Path, aws_env: dict[str, str], s3: Any, bucket: str
+) -> None:
+    data = os.urandom(MiB)
+    with FileHTTPServer(basic_auth=("user", "p@ss word")) as server:
+        server.files["/a.bin"] = data
+        url = server.url("/a.bin").replace("http://", "http://user:p%40ss%20word@")
+        done = run_download(aws_env, url, f"s3://{bucket}/a.bin", "--size", str(len(data)))
+        bare = server.url("/a.bin")
+    assert done.returncode == 0, done.stderr
+    assert "p%40ss" not in done.stdout + done.stderr and "p@ss" not in done.stdout + done.stderr
+    assert json_line(done)["source"] == bare
+    assert s3.get_object(Bucket=bucket, Key="a.bin")["Body"].read() == data
+
+
+def test_download_of_a_same_version_object_is_skipped(
+    tmp_path: Path, aws_env: dict[str, str], s3: Any, bucket: str
+) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"old", Metadata={"version": "v1"})
+    with FileHTTPServer() as server:
+        server.files["/k"] = b"new"
+        done = run_download(aws_env, server.url("/k"), f"s3://{bucket}/k", "--version", "v1")
+        requests_seen = server.connections_total
+    assert done.returncode == 0, done.stderr
+    assert json_line(done)["version_skip"] is True
+    assert requests_seen == 0
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"old"
+
+
+@pytest.mark.parametrize("kind", ["http", "ftp", "sftp"])
+def test_download_exit_status_names_the_error(
+    kind: str, tmp_path: Path, aws_env: dict[str, str], s3: Any, bucket: str
+) -> None:
+    with provider_for(kind, tmp_path) as provider:
+        provider.put("here.bin", b"x" * 1000)
+        good = provider_config(tmp_path, provider.conn_config(True))
+        bad_login = provider_config(tmp_path, provider.conn_config(False))
+        missing = run_download(aws_env, provider.url("absent.bin"), f"s3://{bucket}/m", "--config", str(good))
+        refused = run_download(aws_env, provider.url("here.bin"), f"s3://{bucket}/r", "--config", str(bad_login))
+        short = run_download(
+            aws_env, provider.url("here.bin"), f"s3://{bucket}/s", "--config", str(good), "--size", "999"
+        )
+    for done, code, status in (
+        (missing, "SourceNotFound", 3),
+        (refused, "SourceAccessDenied", 4),
+        (short, "IntegrityError", 6),
+    ):
+        assert done.returncode == status, (code, done.stdout, done.stderr)
+        line = json_line(done)
+        assert line["success"] is False
+        assert line["error_code"] == code
+        assert f"error: {code}:" in done.stderr
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert no_uploads_left(s3, bucket)
+
+
+@pytest.mark.parametrize(
+    ("url", "target", "message"),
+    [
+        ("gopher://example.invalid/x", "s3://b/k", "scheme 'gopher' is not supported"),
+        ("http://127.0.0.1:99999/x", "s3://b/k", "not a valid URL"),
+        ("http://127.0.0.1/x", "b/k", "is not s3://BUCKET/KEY"),
+        ("http://127.0.0.1/", "s3://b/", "names no file"),
+        ("sftp://127.0.0.1/x", "s3://b/k", "needs a user name"),
+    ],
+)
+def test_download_refuses_invalid_requests_with_status_2(
+    url: str, target: str, message: str, aws_env: dict[str, str]
+) -> None:
+    done = run_download(aws_env, url, target)
+    assert done.returncode == 2, done.stderr
+    line = json_line(done)
+    assert line["error_code"] == "InvalidRequest"
+    assert message in line["error"]
+
+
+def test_download_refuses_a_url_of_no_configured_provider_and_a_bucket_not_allowed(
+    tmp_path: Path, aws_env: dict[str, str], bucket: str
+) -> None:
+    config = provider_config(tmp_path, {"type": "http", "host": "127.0.0.1:8"}, allowed_buckets=["only-this"])
+    other_host = run_download(aws_env, "http://127.0.0.2:8/x", f"s3://{bucket}/k", "--config", str(config))
+    not_allowed = run_download(aws_env, "http://127.0.0.1:8/x", f"s3://{bucket}/k", "--config", str(config))
+    assert other_host.returncode == 2
+    assert "belongs to 0 configured providers" in json_line(other_host)["error"]
+    assert not_allowed.returncode == 2
+    assert "not in allowed_buckets" in json_line(not_allowed)["error"]
+
+
+# The child's own high-water mark. wait4's ru_maxrss would not do: Linux carries the
+# forked parent's peak (this test process, with the local S3 in it) across exec.
+PEAK_RSS_WRAPPER = """
+import atexit, re, sys
+report = sys.argv.pop(1)
+def peak():
+    status = open("/proc/self/status").read()
+    open(report, "w").write(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+atexit.register(peak)
+from provider_gateway.cli import main
+sys.argv[0] = "provider-gateway"
+main()
+"""
+
+
+def peak_rss_mib(args: list[str], env: dict[str, str], report: Path) -> float:
+    """Peak resident memory (MiB) of ``provider-gateway ARGS``, which must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_WRAPPER, str(report), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return int(report.read_text()) / 1024
+
+
+def test_download_memory_stays_bounded_for_a_file_much_larger_than_a_part(
+    tmp_path: Path, aws_env: dict[str, str], s3: Any, bucket: str
+) -> None:
+    big = os.urandom(MiB) * 160  # 160 MiB: 32 parts of 5 MiB
+    env = {**os.environ, **aws_env}
+    with FileHTTPServer() as server:
+        server.files["/small"] = b"s" * 1000
+        server.files["/big"] = big
+        config = provider_config(tmp_path, {"type": "http", "host": server.host}, part_size_mb=5)
+        base = ["download", "--config", str(config)]
+        small_rss = peak_rss_mib([*base, server.url("/small"), f"s3://{bucket}/small"], env, tmp_path / "small")
+        big_rss = peak_rss_mib([*base, server.url("/big"), f"s3://{bucket}/big"], env, tmp_path / "big")
+    assert s3.head_object(Bucket=bucket, Key="big")["ContentLength"] == len(big)
+    print(f"peak RSS: {small_rss:.0f} MiB for 1 kB, {big_rss:.0f} MiB for 160 MiB")
+    # Part buffers (a few 5 MiB parts in flight) on top of the same program copying a tiny file.
+    assert big_rss - small_rss < 64, (small_rss, big_rss)
+
+
+def test_download_progress_bar_shows_bytes_rate_and_total_only_when_asked(
+    aws_env: dict[str, str], bucket: str
+) -> None:
+    with FileHTTPServer() as server:
+        server.files["/p.bin"] = b"p" * (3 * MiB)
+        shown = run_download(aws_env, server.url("/p.bin"), f"s3://{bucket}/p", "--progress")
+        hidden = run_download(aws_env, server.url("/p.bin"), f"s3://{bucket}/q")
+    assert shown.returncode == 0 and hidden.returncode == 0
+    assert "100%" in shown.stderr and "3.00M/3.00M" in shown.stderr and "B/s" in shown.stderr
+    assert hidden.stderr == ""  # not a terminal: no bar, nothing but the JSON line on stdout
+    assert json_line(shown)["bytes"] == json_line(hidden)["bytes"] == 3 * MiB
