@@ -133,9 +133,7 @@ def source_from_url(url: str, known_hosts_file: str | None = None) -> Source:
     elif scheme == "sftp":
         conn = _sftp_from_url(parts, host, user, password, known_hosts_file)
     else:
-        raise InvalidRequest(
-            f"scheme {parts.scheme or '(none)'!r} is not supported (http, https, ftp, ftps, sftp)"
-        )
+        raise InvalidRequest(f"scheme {parts.scheme or '(none)'!r} is not supported (http, https, ftp, ftps, sftp)")
     check_url(conn, bare)
     return Source(conn=conn, url=bare)
 

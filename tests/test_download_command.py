@@ -213,9 +213,7 @@ def test_download_memory_stays_bounded_for_a_file_much_larger_than_a_part(
     assert big_rss - small_rss < 64, (small_rss, big_rss)
 
 
-def test_download_progress_bar_shows_bytes_rate_and_total_only_when_asked(
-    aws_env: dict[str, str], bucket: str
-) -> None:
+def test_download_progress_bar_shows_bytes_rate_and_total_only_when_asked(aws_env: dict[str, str], bucket: str) -> None:
     with FileHTTPServer() as server:
         server.files["/p.bin"] = b"p" * (3 * MiB)
         shown = run_download(aws_env, server.url("/p.bin"), f"s3://{bucket}/p", "--progress")
