@@ -52,6 +52,14 @@ class AwsClients:
         )
         return self._session.client("stepfunctions", config=config)
 
+    def client(self, service: str) -> Any:
+        """A plain client of any other service (DynamoDB, SNS...)."""
+        return self._session.client(service)  # type: ignore[call-overload]
+
+    def resource(self, service: str) -> Any:
+        """A boto3 resource (DynamoDB tables)."""
+        return self._session.resource(service)  # type: ignore[call-overload]
+
     def cloudformation(self) -> Any:
         """A CloudFormation client (resource id resolution)."""
         return self._session.client("cloudformation")

@@ -106,15 +106,45 @@ def validate(config_location: str) -> None:
     click.echo(f"valid: {len(config.providers)} provider(s)")
 
 
+def _blank_is_none(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # An AWS Batch job passes every parameter (Ref::name), so an empty one means "not given".
+    return value or None
+
+
+def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if not value:
+        return None
+    if not value.isdigit():
+        raise click.BadParameter(f"{value!r} is not a size in bytes")
+    return int(value)
+
+
 @main.command()
 @click.argument("source_url")
 @click.argument("target")
-@click.option("--config", "config_location", help="collections.yml (path or s3://): take the provider's settings.")
-@click.option("--provider", "provider_id", help="The provider in --config (default: the one the URL belongs to).")
-@click.option("--version", "version", help="Store as the object's 'version' metadata; skip if already there.")
-@click.option("--checksum", help="Verify the file against ALGO:HEX (md5, sha1, sha256, sha512).")
-@click.option("--size", type=click.IntRange(min=0), help="Expected size in bytes; a different size fails.")
-@click.option("--known-hosts", type=click.Path(dir_okay=False), help="known_hosts for an sftp URL without --config.")
+@click.option(
+    "--config",
+    "config_location",
+    help="collections.yml (path or s3://): take the provider's settings.",
+    callback=_blank_is_none,
+)
+@click.option(
+    "--provider",
+    "provider_id",
+    help="The provider in --config (default: the one the URL belongs to).",
+    callback=_blank_is_none,
+)
+@click.option(
+    "--version",
+    "version",
+    help="Store as the object's 'version' metadata; skip if already there.",
+    callback=_blank_is_none,
+)
+@click.option(
+    "--checksum", help="Verify the file against ALGO:HEX (md5, sha1, sha256, sha512).", callback=_blank_is_none
+)
+@click.option("--size", callback=_size_option, help="Expected size in bytes; a different size fails.")
+@click.option("--known-hosts", callback=_blank_is_none, help="known_hosts file for an sftp URL without --config.")
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal)."
 )

@@ -31,7 +31,7 @@ from provider_gateway.messages import Checksum, FileRequest, FileResult, redact_
 from provider_gateway.protocols import Connection, ConnectionSettings, check_url, connection_factory
 from provider_gateway.transfer.copy import CopyOptions, CopyOutcome, copy_file
 from provider_gateway.transfer.s3upload import MiB
-from provider_gateway.transfer.stream import ProgressCallback
+from provider_gateway.transfer.stream import ProgressCallback, TransferStream
 
 log = logging.getLogger(__name__)
 
@@ -266,3 +266,22 @@ def result_line(request: FileRequest, outcome: CopyOutcome) -> dict[str, Any]:
         line["error_code"] = result.error_code
         line["error"] = result.error
     return line
+
+
+def fetch(source: Source, max_bytes: int) -> bytes:
+    """The whole (small) file at ``source.url``, such as a provider's file list.
+
+    More than ``max_bytes`` is an InvalidRequest: this is not the way to copy data.
+    """
+    connection = connection_factory(source.conn)(source.conn, source.settings)
+    try:
+        stream = connection.open(source.url, 0)
+        try:
+            data = TransferStream(stream, None, None, lambda: None).read(max_bytes + 1)
+        finally:
+            stream.close()
+    finally:
+        _close(connection)
+    if len(data) > max_bytes:
+        raise InvalidRequest(f"{redact_url(source.url)} is over {max_bytes} bytes")
+    return data
