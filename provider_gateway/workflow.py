@@ -6,6 +6,7 @@ placeholder ARNs; the demo creates it on the embedded stack.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 RETRYABLE_ERRORS = ["SourceUnavailable", "IntegrityError", "GatewayShutdown", "States.Timeout"]
@@ -47,3 +48,23 @@ def download_state_machine(activity_arn: str, heartbeat_s: int = 120, timeout_s:
             },
         },
     }
+
+
+CALLBACK_PLACEHOLDERS = (
+    "RegisterCallbackFunctionArn",
+    "ListFilesFunctionArn",
+    "DownloadFunctionArn",
+    "SummarizeFunctionArn",
+    "GatewayActivityArn",
+    "JobQueueArn",
+    "JobDefinitionArn",
+)
+
+
+def substitute(definition: str, values: dict[str, str]) -> str:
+    """``${Name}`` placeholders filled as SAM's DefinitionSubstitutions does; KeyError names a missing one."""
+    found = set(re.findall(r"\$\{([A-Za-z0-9]+)\}", definition))
+    missing = sorted(found - set(values))
+    if missing:
+        raise KeyError(f"no value for {', '.join(missing)}")
+    return re.sub(r"\$\{([A-Za-z0-9]+)\}", lambda m: values[m.group(1)], definition)

@@ -71,7 +71,10 @@ def register(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     callback_id = secrets.token_urlsafe(32)
     secret = secrets.token_urlsafe(32)
     now = int(time.time())
-    expires_at = now + int(event.get("ttl_s") or int_setting("CALLBACK_TTL_S", DEFAULT_CALLBACK_TTL_S))
+    ttl_s = event.get("ttl_s") or int_setting("CALLBACK_TTL_S", DEFAULT_CALLBACK_TTL_S)
+    if not isinstance(ttl_s, int) or ttl_s < 1:
+        raise failure("InvalidRequest", f"register: ttl_s must be a positive number of seconds, got {ttl_s!r}")
+    expires_at = now + ttl_s
     item = {
         "callback_id": callback_id,
         "task_token": token,

@@ -23,5 +23,12 @@ def summarize(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         "succeeded": len(results) - len(failed),
         "failed_count": len(failed),
         "failed": failed,
-        "bytes": sum(int(r.get("bytes") or 0) for r in results if r.get("success")),
+        "bytes": sum(_bytes(r) for r in results if r.get("success")),
     }
+
+
+def _bytes(result: dict[str, Any]) -> int:
+    outcome = result.get("outcome")
+    if not isinstance(outcome, dict):
+        outcome = {}
+    return int(result.get("bytes") or outcome.get("bytes") or 0)  # an AWS Batch job does not say

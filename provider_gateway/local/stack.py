@@ -1,5 +1,6 @@
-"""The embedded AWS stack: S3, Step Functions (with activities) and CloudFormation
-served by a moto server over HTTP on loopback.
+"""The embedded AWS stack: S3, Step Functions (with activities), CloudFormation,
+DynamoDB, SNS and Lambda (this package's handlers, in process) served by a moto
+server over HTTP on loopback.
 
 Needs the ``local`` extra (``pip install provider-gateway[local]``).
 """
@@ -22,9 +23,10 @@ class LocalStack:
     def __init__(self, port: int = 0, long_poll_s: float = 60.0) -> None:
         from moto.server import ThreadedMotoServer
 
-        from provider_gateway.local.moto_activities import install
+        from provider_gateway.local import moto_activities, moto_lambdas
 
-        install(long_poll_s=long_poll_s)
+        moto_activities.install(long_poll_s=long_poll_s)
+        moto_lambdas.install()
         # Every request and every failed execution would be printed otherwise.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         logging.getLogger("moto.stepfunctions").setLevel(logging.CRITICAL)
@@ -35,6 +37,8 @@ class LocalStack:
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
+        # moto's Step Functions engine calls Lambda, Batch, DynamoDB... on localhost:$MOTO_PORT.
+        os.environ["MOTO_PORT"] = str(port)
         return self
 
     def stop(self) -> None:
