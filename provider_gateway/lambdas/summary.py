@@ -28,7 +28,9 @@ def summarize(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
 
 
 def _bytes(result: dict[str, Any]) -> int:
+    # A Lambda copy says a number, a gateway task a list (one per file of the task), AWS Batch nothing.
     outcome = result.get("outcome")
-    if not isinstance(outcome, dict):
-        outcome = {}
-    return int(result.get("bytes") or outcome.get("bytes") or 0)  # an AWS Batch job does not say
+    found = outcome.get("bytes") if isinstance(outcome, dict) else result.get("bytes")
+    if isinstance(found, list):
+        return sum(int(n) for n in found if isinstance(n, int))
+    return int(found) if isinstance(found, int) else 0
