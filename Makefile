@@ -29,5 +29,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check provider_gateway tests bench
 	$(BIN)/mypy provider_gateway
 
+# `sam build` of examples/callback-downloader/template.yaml (BuildMethod: makefile) calls
+# build-<LogicalId> for each Lambda function: the package and its dependencies, no test extras.
+build-%Function:
+	$(PYTHON) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)" .
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

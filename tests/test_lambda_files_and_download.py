@@ -30,9 +30,7 @@ class Context:
 
 
 @pytest.fixture
-def provider(
-    tmp_path: Path, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[FileHTTPServer]:
+def provider(tmp_path: Path, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[FileHTTPServer]:
     """An HTTP provider with basic auth, configured as PROV in GATEWAY_CONFIG."""
     with FileHTTPServer(basic_auth=("prov", "secret")) as server:
         conn = {"type": "http", "host": server.host, "username": "prov", "password": "secret"}
@@ -49,7 +47,10 @@ def test_list_files_fetches_the_list_with_the_providers_login_and_routes_each_fi
     provider: FileHTTPServer,
 ) -> None:
     checksum = {"type": "md5", "value": "0" * 32}
-    listing = [provider.url("/d/a.h5"), {"url": provider.url("/d/b.h5"), "size": 7, "version": "2", "checksum": checksum}]
+    listing = [
+        provider.url("/d/a.h5"),
+        {"url": provider.url("/d/b.h5"), "size": 7, "version": "2", "checksum": checksum},
+    ]
     provider.files["/d/list.json"] = json.dumps(listing).encode()
     event = {
         "provider": "PROV",
