@@ -222,3 +222,30 @@ def test_download_progress_bar_shows_bytes_rate_and_total_only_when_asked(aws_en
     assert "100%" in shown.stderr and "3.00M/3.00M" in shown.stderr and "B/s" in shown.stderr
     assert hidden.stderr == ""  # not a terminal: no bar, nothing but the JSON line on stdout
     assert json_line(shown)["bytes"] == json_line(hidden)["bytes"] == 3 * MiB
+
+
+def test_sigterm_aborts_the_upload_and_exits_with_gateway_shutdown(
+    aws_env: dict[str, str], s3: Any, bucket: str
+) -> None:
+    import signal
+    import time
+
+    with FileHTTPServer(rate_bytes_per_s=4 * MiB) as server:
+        server.files["/slow.bin"] = b"z" * (40 * MiB)  # 10 s at this rate
+        proc = subprocess.Popen(
+            [cli_path(), "download", server.url("/slow.bin"), f"s3://{bucket}/slow.bin"],
+            env={**os.environ, **aws_env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while server.bytes_served < 12 * MiB and time.monotonic() < deadline:  # past the first parts
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 8, err
+    line = json.loads(out)
+    assert line["error_code"] == "GatewayShutdown"
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
