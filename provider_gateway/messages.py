@@ -331,16 +331,21 @@ def file_output(entry: dict[str, Any], request: FileRequest, result: FileResult)
     if isinstance(holder.get("url"), str):
         holder["url"] = redact_url(holder["url"])  # a password in a URL is not passed on
     out["target"] = {"bucket": request.bucket, "key": request.key}
-    out["success"] = result.success
-    out["bytes"] = result.bytes
-    if result.version_skip:
-        out["version_skip"] = True
-    if result.checksum is not None:
-        out["checksum"] = {"type": result.checksum.algorithm, "value": result.checksum.value}
-    if not result.success:
-        out["error_code"] = result.error_code
-        out["error"] = result.error
+    out.update(result_fields(result))
     return out
+
+
+def result_fields(result: FileResult) -> dict[str, Any]:
+    """What happened to a file, as every output shows it: success, bytes, skip, checksum, error."""
+    fields: dict[str, Any] = {"success": result.success, "bytes": result.bytes}
+    if result.version_skip:
+        fields["version_skip"] = True
+    if result.checksum is not None:
+        fields["checksum"] = {"type": result.checksum.algorithm, "value": result.checksum.value}
+    if not result.success:
+        fields["error_code"] = result.error_code
+        fields["error"] = result.error
+    return fields
 
 
 def download_output(task: DownloadTask, results: list[FileResult]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from provider_gateway.config.model import (
     SftpConnConfig,
 )
 from provider_gateway.errors import GatewayError, GatewayShutdown, InvalidRequest
-from provider_gateway.messages import Checksum, FileRequest, FileResult, redact_url, url_path
+from provider_gateway.messages import Checksum, FileRequest, FileResult, redact_url, result_fields, url_path
 from provider_gateway.protocols import Connection, ConnectionSettings, check_url, connection_factory
 from provider_gateway.transfer.copy import CopyOptions, CopyOutcome, copy_file
 from provider_gateway.transfer.s3upload import MiB
@@ -250,21 +250,13 @@ def result_line(request: FileRequest, outcome: CopyOutcome) -> dict[str, Any]:
     line: dict[str, Any] = {
         "source": redact_url(request.url),
         "target": {"bucket": request.bucket, "key": request.key},
-        "success": result.success,
-        "bytes": result.bytes,
+        **result_fields(result),
         "seconds": round(outcome.seconds, 3),
     }
     if outcome.seconds > 0 and result.bytes:
         line["mb_per_s"] = round(result.bytes / outcome.seconds / 1e6, 2)
-    if result.version_skip:
-        line["version_skip"] = True
     if request.version is not None:
         line["version"] = request.version
-    if result.checksum is not None:
-        line["checksum"] = {"type": result.checksum.algorithm, "value": result.checksum.value}
-    if not result.success:
-        line["error_code"] = result.error_code
-        line["error"] = result.error
     return line
 
 
