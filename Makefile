@@ -4,7 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: test demo lint bench venv clean
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' provider_gateway/__init__.py)
+GIT_SHA := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+IMAGE ?= provider-gateway
+
+.PHONY: test demo lint bench venv clean docker
 
 venv: $(STAMP)
 
@@ -28,6 +32,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check provider_gateway tests bench
 	$(BIN)/ruff format --check provider_gateway tests bench
 	$(BIN)/mypy provider_gateway
+
+# The container image, tagged with the package version and <version>-<git sha>; never "latest".
+# IMAGE=123456789012.dkr.ecr.us-east-1.amazonaws.com/provider-gateway make docker, then push both tags.
+docker:
+	@command -v docker >/dev/null || { echo "make docker needs Docker"; exit 1; }
+	docker build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(GIT_SHA) \
+		-t $(IMAGE):$(VERSION) -t $(IMAGE):$(VERSION)-$(GIT_SHA) .
+	@echo "built $(IMAGE):$(VERSION) and $(IMAGE):$(VERSION)-$(GIT_SHA)"
 
 # `sam build` of examples/callback-downloader/template.yaml (BuildMethod: makefile) calls
 # build-<LogicalId> for each Lambda function: the package and its dependencies, no test extras.

@@ -14,16 +14,9 @@ from provider_gateway import __version__
 from provider_gateway.aws import AwsClients
 from provider_gateway.config import Config, load_config, masked, unresolved_resources
 from provider_gateway.errors import ConfigError
+from provider_gateway.logs import setup_logging
 
 log = logging.getLogger("provider_gateway")
-
-LOG_FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
-    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _load(location: str, providers: tuple[str, ...] = (), resolve_activities: bool = True) -> Config:
@@ -51,15 +44,48 @@ def _load(location: str, providers: tuple[str, ...] = (), resolve_activities: bo
     show_default=True,
     help="Verbosity of the log on stderr.",
 )
-def main(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "text"]),
+    default=None,
+    help="Log lines as JSON objects or text  [default: json, text when stderr is a terminal]",
+)
+def main(log_level: str, log_format: str | None) -> None:
     """Move files from data providers (HTTP, FTP, SFTP) into S3 for Step Functions."""
-    _setup_logging(log_level)
+    setup_logging(log_level, log_format)
 
 
 @main.command()
 @click.option("--config", "config_location", required=True, help="collections.yml: a path or s3://bucket/key.")
 @click.option("--provider", "providers", multiple=True, help="Serve only this provider id (repeatable).")
-def run(config_location: str, providers: tuple[str, ...]) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve /metrics (Prometheus), /healthz and /status on this port.",
+)
+@click.option("--metrics-host", default="0.0.0.0", show_default=True, help="Address of the metrics endpoint.")  # noqa: S104
+@click.option(
+    "--progress-interval-s",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds between progress lines of a long transfer.",
+)
+@click.option(
+    "--unhealthy-after-s",
+    type=click.FloatRange(min=1),
+    default=180.0,
+    show_default=True,
+    help="/healthz fails once GetActivityTask has failed for this long.",
+)
+def run(
+    config_location: str,
+    providers: tuple[str, ...],
+    metrics_port: int | None,
+    metrics_host: str,
+    progress_interval_s: float,
+    unhealthy_after_s: float,
+) -> None:
     """Serve the providers' activities until SIGTERM or SIGINT.
 
     The first signal stops claiming tasks and gives tasks in flight their
@@ -71,9 +97,16 @@ def run(config_location: str, providers: tuple[str, ...]) -> None:
     config = _load(config_location, providers)
     clients = AwsClients(max_pool=_pool_size(config))
     try:
-        gateway = Gateway(config, sfn=clients.sfn(), s3=clients.s3())
+        gateway = Gateway(config, sfn=clients.sfn(), s3=clients.s3(), progress_interval_s=progress_interval_s)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--config") from None
+    if metrics_port is not None:
+        from provider_gateway.ops.server import OpsServer
+
+        try:
+            OpsServer(gateway, metrics_host, metrics_port, unhealthy_after_s).start()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot listen on {metrics_host}:{metrics_port}: {exc}") from None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if gateway.stop_requested():
@@ -185,6 +218,21 @@ def download(
             progress=sys.stderr.isatty() if progress is None else progress,
         )
     )
+
+
+@main.command()
+@click.option(
+    "--url",
+    default="http://127.0.0.1:9108",
+    show_default=True,
+    help="The running gateway's metrics endpoint (run --metrics-port).",
+)
+@click.option("--check", is_flag=True, help="Print nothing; exit 0 if healthy, 1 if not (container HEALTHCHECK).")
+def status(url: str, check: bool) -> None:
+    """Show a running gateway's providers: connections busy or idle, files in flight, health."""
+    from provider_gateway.ops.status_command import show_status
+
+    sys.exit(show_status(url, check))
 
 
 @main.command()

@@ -81,6 +81,8 @@ def gateway(tmp_path: Path, aws_env: dict[str, str], request: pytest.FixtureRequ
         conn_config: dict[str, Any],
         provider_id: str = "HTTP_PROV",
         extra_env: dict[str, str] | None = None,
+        run_args: tuple[str, ...] = (),
+        launcher: tuple[str, ...] | None = None,
         **settings: Any,
     ) -> GatewayProcess:
         gateway_config = {"activity_arn": activity_arn, "conn_config": conn_config, "num_connections": 2}
@@ -88,7 +90,13 @@ def gateway(tmp_path: Path, aws_env: dict[str, str], request: pytest.FixtureRequ
         config = write_config(
             tmp_path / f"collections-{len(started)}.yml", [{"id": provider_id, "gateway_config": gateway_config}]
         )
-        process = GatewayProcess(config, {**aws_env, **(extra_env or {})}, tmp_path / f"gateway-{len(started)}.log")
+        process = GatewayProcess(
+            config,
+            {**aws_env, **(extra_env or {})},
+            tmp_path / f"gateway-{len(started)}.log",
+            run_args=run_args,
+            launcher=launcher,
+        )
         started.append(process)
         return process
 

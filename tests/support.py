@@ -85,11 +85,19 @@ def write_config(path: Path, providers: list[dict[str, Any]]) -> Path:
 class GatewayProcess:
     """``provider-gateway run`` as a child process, logging to a file."""
 
-    def __init__(self, config: Path, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        config: Path,
+        env: dict[str, str],
+        log_path: Path,
+        run_args: tuple[str, ...] = (),
+        launcher: tuple[str, ...] | None = None,
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
+        command = list(launcher) if launcher else [cli_path()]
         self.proc = subprocess.Popen(
-            [cli_path(), "--log-level", "debug", "run", "--config", str(config)],
+            [*command, "--log-level", "debug", "run", "--config", str(config), *run_args],
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,

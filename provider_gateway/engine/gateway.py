@@ -6,16 +6,22 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from provider_gateway import __version__
 from provider_gateway.config.model import Config
+from provider_gateway.engine.events import Events
 from provider_gateway.engine.provider import ProviderRuntime, shutdown_error
+from provider_gateway.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 # After the grace period, how long cancelled transfers get to abort and answer.
 CANCEL_WAIT_S = 5.0
+SUPERVISE_EVERY_S = 1.0
+# A thread that died is replaced this long after its death was seen.
+RESTART_DELAY_S = 5.0
 
 
 class Gateway:
@@ -27,9 +33,24 @@ class Gateway:
     grace period but still answers every task.
     """
 
-    def __init__(self, config: Config, sfn: Any, s3: Any, worker_name: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        sfn: Any,
+        s3: Any,
+        worker_name: str | None = None,
+        metrics: Metrics | None = None,
+        progress_interval_s: float = 30.0,
+        restart_delay_s: float = RESTART_DELAY_S,
+    ) -> None:
         name = worker_name or f"provider-gateway/{__version__}@{socket.gethostname()}"
-        self.runtimes = [ProviderRuntime(p, sfn, s3, worker_name=name) for p in config.providers]
+        self.metrics = metrics or Metrics()
+        self.runtimes = [
+            ProviderRuntime(p, sfn, s3, worker_name=name, events=Events(p.id, self.metrics, progress_interval_s))
+            for p in config.providers
+        ]
+        self.metrics.watch(self._gauges)
+        self._restart_delay_s = restart_delay_s
         self._stop_asked = threading.Event()
         self._hard = threading.Event()
         self.stopped = threading.Event()
@@ -56,8 +77,9 @@ class Gateway:
     def serve_forever(self) -> None:
         """Start, serve until :meth:`stop`, then shut down in order."""
         self.start()
-        while not self._stop_asked.wait(1.0):
-            pass
+        while not self._stop_asked.wait(SUPERVISE_EVERY_S):
+            for runtime in self.runtimes:
+                runtime.supervise(self._restart_delay_s)
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -82,3 +104,30 @@ class Gateway:
 
     def _in_flight(self) -> int:
         return sum(r.in_flight() for r in self.runtimes)
+
+    def _gauges(self) -> list[tuple[str, str, dict[str, float]]]:
+        def per_provider(value: Callable[[ProviderRuntime], float]) -> dict[str, float]:
+            return {r.provider.id: value(r) for r in self.runtimes}
+
+        return [
+            (
+                "provider_gateway_connections_open",
+                "Connections open to the provider.",
+                per_provider(lambda r: sum(w.connected for w in r.workers)),
+            ),
+            (
+                "provider_gateway_connections_busy",
+                "Connection threads copying a file.",
+                per_provider(lambda r: sum(w.current is not None for w in r.workers)),
+            ),
+            (
+                "provider_gateway_tasks_in_flight",
+                "Claimed tasks not answered yet.",
+                per_provider(lambda r: r.in_flight()),
+            ),
+            (
+                "provider_gateway_threads_dead",
+                "Connection and poller threads that died and are not replaced yet.",
+                per_provider(lambda r: len(r.dead_threads())),
+            ),
+        ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ class ActivityPoller:
         refuse_task: TaskRefuser,
         worker_name: str,
         name: str,
+        on_error: Callable[[], None] | None = None,
     ) -> None:
         self._sfn = sfn
         self._arn = activity_arn
@@ -44,6 +46,11 @@ class ActivityPoller:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.claimed = 0
+        self.name = name
+        self.activity_arn = activity_arn
+        self._on_error = on_error
+        self.failing_since: float | None = None
+        """When GetActivityTask began failing without a success since (monotonic), or None."""
 
     def start(self) -> None:
         self.thread.start()
@@ -59,9 +66,14 @@ class ActivityPoller:
             try:
                 jobs = self._claim()
                 failures = 0
+                self.failing_since = None
             except (ClientError, BotoCoreError) as exc:
                 delay = POLL_ERROR_BACKOFF_S[min(failures, len(POLL_ERROR_BACKOFF_S) - 1)]
                 failures += 1
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
+                if self._on_error is not None:
+                    self._on_error()
                 log.error("GetActivityTask on %s failed (retrying in %ss): %s", self._arn, delay, exc)
                 self.stopping.wait(delay)
             except Exception:  # a bug must not kill the poller: log it and keep polling

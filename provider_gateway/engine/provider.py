@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from provider_gateway.config.model import ProviderConfig
+from provider_gateway.engine.events import Events
 from provider_gateway.engine.heartbeat import Heartbeat
 from provider_gateway.engine.poller import ActivityPoller
 from provider_gateway.engine.responder import Responder
@@ -19,6 +20,7 @@ from provider_gateway.engine.work_queue import WorkQueue
 from provider_gateway.engine.worker import ConnectionWorker
 from provider_gateway.errors import GatewayError, GatewayShutdown, TaskCancelled
 from provider_gateway.messages import DownloadTask, FileResult, parse_download_task, parse_sync_task
+from provider_gateway.ops.metrics import Metrics
 from provider_gateway.protocols import ConnectionSettings, check_url, connection_factory
 from provider_gateway.transfer.copy import CopyOptions
 from provider_gateway.transfer.s3upload import MiB
@@ -31,40 +33,52 @@ TaskParser = Callable[..., DownloadTask]
 class ProviderRuntime:
     """Serves one provider with exactly ``num_connections`` connection threads."""
 
-    def __init__(self, provider: ProviderConfig, sfn: Any, s3: Any, worker_name: str) -> None:
+    def __init__(
+        self, provider: ProviderConfig, sfn: Any, s3: Any, worker_name: str, events: Events | None = None
+    ) -> None:
         self.provider = provider
         gateway = provider.gateway
         self._sfn = sfn
         self._s3 = s3
+        self.events = events or Events(provider.id, Metrics())
+        self._worker_name = worker_name
+        self._dead_since: dict[str, float] = {}
         self.queue: WorkQueue[FileJob] = WorkQueue(gateway.num_connections)
         self._responder = Responder(sfn, s3, provider.id, gateway.payload_bucket)
         self._runs: set[TaskRun] = set()
         self._runs_lock = threading.Lock()
-        factory = connection_factory(gateway.conn)
-        settings = ConnectionSettings(read_timeout_s=gateway.read_timeout_s)
-        options = CopyOptions(min_part_size=gateway.part_size_mb * MiB, retries=gateway.retries)
-        self.workers = [
-            ConnectionWorker(
-                gateway.conn, factory, settings, self.queue, s3, options, name=f"{provider.id}-conn-{i + 1}"
-            )
-            for i in range(gateway.num_connections)
-        ]
-        activities = [(gateway.activity_arn, "download", parse_download_task)]
+        self.workers = [self._worker(f"{provider.id}-conn-{i + 1}") for i in range(gateway.num_connections)]
+        self._activities = {f"{provider.id}-poll-download": (gateway.activity_arn, parse_download_task)}
         if gateway.sync_activity_arn:
-            activities.append((gateway.sync_activity_arn, "sync", parse_sync_task))
+            self._activities[f"{provider.id}-poll-sync"] = (gateway.sync_activity_arn, parse_sync_task)
         # Download and sync tasks share the provider's queue, so they share its connections.
-        self.pollers = [
-            ActivityPoller(
-                sfn,
-                arn,
-                self.queue,
-                functools.partial(self._start_task, parse=parse),
-                self._refuse,
-                worker_name=worker_name,
-                name=f"{provider.id}-poll-{kind}",
-            )
-            for arn, kind, parse in activities
-        ]
+        self.pollers = [self._poller(name) for name in self._activities]
+
+    def _worker(self, name: str) -> ConnectionWorker:
+        gateway = self.provider.gateway
+        return ConnectionWorker(
+            gateway.conn,
+            connection_factory(gateway.conn),
+            ConnectionSettings(read_timeout_s=gateway.read_timeout_s),
+            self.queue,
+            self._s3,
+            CopyOptions(min_part_size=gateway.part_size_mb * MiB, retries=gateway.retries),
+            name=name,
+            events=self.events,
+        )
+
+    def _poller(self, name: str) -> ActivityPoller:
+        arn, parse = self._activities[name]
+        return ActivityPoller(
+            self._sfn,
+            arn,
+            self.queue,
+            functools.partial(self._start_task, parse=parse),
+            self._refuse,
+            worker_name=self._worker_name,
+            name=name,
+            on_error=lambda: self.events.metrics.poll_errors.labels(self.provider.id, arn).inc(),
+        )
 
     def start(self) -> None:
         """Start the connection threads, then the pollers."""
@@ -89,6 +103,7 @@ class ProviderRuntime:
             read_pointer=self._read_pointer,
         )
         run = TaskRun(token, task, self._responder, gateway.failure_mode, label=token[-12:])
+        run.on_answered = functools.partial(self.events.task_answered, run.label)
         run.heartbeat = Heartbeat(
             self._sfn,
             token,
@@ -99,7 +114,7 @@ class ProviderRuntime:
         with self._runs_lock:
             self._runs.add(run)
         threading.Thread(target=self._forget_when_done, args=(run,), daemon=True).start()
-        log.info("%s task %s claimed: %d file(s)", task.kind, run.label, len(task.files))
+        self.events.task_claimed(run.label, task.kind, len(task.files))
         return run.jobs()
 
     def _forget_when_done(self, run: TaskRun) -> None:
@@ -131,6 +146,36 @@ class ProviderRuntime:
             run.cancel(reason)
         for job in self.queue.drain():
             job.run.file_done(job.request, FileResult(False, error_code=reason.code, error=reason.message))
+
+    def dead_threads(self) -> list[str]:
+        """Names of connection and poller threads that have died (stopped ones do not count)."""
+        dead = [w.name for w in self.workers if not w.thread.is_alive() and not w.stopping.is_set()]
+        dead += [p.name for p in self.pollers if not p.thread.is_alive() and not p.stopping.is_set()]
+        return dead
+
+    def supervise(self, restart_delay_s: float) -> None:
+        """Replace threads that died, each ``restart_delay_s`` after its death was seen.
+
+        The delay keeps a thread that dies at once from spinning, and lets
+        health checks see the failure before it is repaired.
+        """
+        now = time.monotonic()
+        for name in self.dead_threads():
+            first_seen = self._dead_since.setdefault(name, now)
+            if now - first_seen < restart_delay_s:
+                continue
+            del self._dead_since[name]
+            kind = "poller" if name in self._activities else "connection"
+            log.error("%s thread %s died: replacing it", kind, name)
+            self.events.metrics.thread_restarts.labels(self.provider.id, kind).inc()
+            if kind == "poller":
+                replacement_poller = self._poller(name)
+                self.pollers = [replacement_poller if p.name == name else p for p in self.pollers]
+                replacement_poller.start()
+            else:
+                replacement = self._worker(name)
+                self.workers = [replacement if w.name == name else w for w in self.workers]
+                replacement.start()
 
     def stop_workers(self, timeout_s: float) -> None:
         """Stop the connection threads and wait for them up to ``timeout_s``."""

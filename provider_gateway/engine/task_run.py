@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,6 +55,8 @@ class TaskRun:
         """Set when the task is cancelled: cuts backoff sleeps short."""
         self.finished = threading.Event()
         self.heartbeat: Heartbeat | None = None
+        self.on_answered: Callable[[str | None, int, int], None] | None = None
+        """Told the error code sent (None for success), the number of files and of failed files."""
 
     def jobs(self) -> list[FileJob]:
         """A queueable job per file."""
@@ -91,19 +94,19 @@ class TaskRun:
         results = [r for r in self._results if r is not None]
         failed = [(req, res) for req, res in zip(self.task.files, results, strict=True) if not res.success]
         reason = self._cancel_reason
+        code: str | None = None
         if reason is not None:
-            self._responder.failure(self.token, reason.code, self._cause(results))
+            code = reason.code
+            self._responder.failure(self.token, code, self._cause(results))
         elif failed and self._failure_mode == "task":
-            self._responder.failure(self.token, str(failed[0][1].error_code), self._cause(results))
+            code = str(failed[0][1].error_code)
+            self._responder.failure(self.token, code, self._cause(results))
         else:
             self._responder.success(self.token, task_output(self.task, results))
-        log.info(
-            "task %s answered: %d file(s), %d failed%s",
-            self.label,
-            len(results),
-            len(failed),
-            f", cancelled ({reason.code})" if reason else "",
-        )
+        if self.on_answered is not None:
+            self.on_answered(code, len(results), len(failed))
+        else:
+            log.info("task %s answered: %d file(s), %d failed", self.label, len(results), len(failed))
         self.finished.set()
 
     def _cause(self, results: list[FileResult]) -> str:

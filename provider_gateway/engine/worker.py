@@ -7,9 +7,11 @@ import threading
 from typing import Any
 
 from provider_gateway.config.model import ConnConfig
+from provider_gateway.engine.events import Events, FileProgress
 from provider_gateway.engine.task_run import FileJob
 from provider_gateway.engine.work_queue import WorkQueue
-from provider_gateway.messages import FileResult, redact_url
+from provider_gateway.errors import InternalError
+from provider_gateway.messages import FileResult
 from provider_gateway.protocols import Connection, ConnectionFactory, ConnectionSettings
 from provider_gateway.transfer.copy import CopyOptions, copy_file
 
@@ -31,6 +33,7 @@ class ConnectionWorker:
         s3: Any,
         options: CopyOptions,
         name: str,
+        events: Events,
     ) -> None:
         self._conn_config = conn_config
         self._factory = factory
@@ -38,13 +41,21 @@ class ConnectionWorker:
         self._queue = queue
         self._s3 = s3
         self._options = options
+        self._events = events
         self._connection: Connection | None = None
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.current: FileJob | None = None
+        self.progress: FileProgress | None = None
+        self.name = name
 
     def start(self) -> None:
         self.thread.start()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the thread holds an open connection to the provider."""
+        return self._connection is not None
 
     def stop(self) -> None:
         """Finish the current file (or be cancelled through its task), then exit."""
@@ -75,8 +86,14 @@ class ConnectionWorker:
                 self.current = job
                 try:
                     self._serve(job)
+                except BaseException as exc:
+                    # The thread is dying (a bug, or killed): the file still gets its answer.
+                    error = InternalError(f"the connection thread died: {type(exc).__name__}: {exc}")
+                    job.run.file_done(job.request, FileResult(False, error_code=error.code, error=error.message))
+                    raise
                 finally:
                     self.current = None
+                    self.progress = None
                     self._queue.done()
         finally:
             self._disconnect()
@@ -87,16 +104,24 @@ class ConnectionWorker:
         if reason is not None:
             run.file_done(request, FileResult(False, error_code=reason.code, error=reason.message))
             return
-        log.info("task %s: copying %s -> s3://%s/%s", run.label, redact_url(request.url), request.bucket, request.key)
-        outcome = copy_file(self._connect, request, self._s3, self._options, run.stop, run.cancelled)
+        progress = self._events.file_started(run.label, request)
+        self.progress = progress
+
+        def on_size(size: int | None) -> None:
+            progress.size, progress.bytes = size, 0  # also a restart from byte 0
+
+        outcome = copy_file(
+            self._connect,
+            request,
+            self._s3,
+            self._options,
+            run.stop,
+            run.cancelled,
+            progress=lambda amount: self._events.bytes_read(progress, amount),
+            on_size=on_size,
+        )
         result = outcome.result
-        if result.success:
-            rate = result.bytes / outcome.seconds / 1e6 if outcome.seconds > 0 else 0.0
-            log.info("task %s: copied %s (%d bytes, %.1f MB/s)", run.label, redact_url(request.url), result.bytes, rate)
-        else:
-            log.warning(
-                "task %s: %s failed: %s %s", run.label, redact_url(request.url), result.error_code, result.error
-            )
-            if result.error_code in _RECONNECT_CODES:
-                self._disconnect()
+        self._events.file_finished(progress, result, outcome.seconds)
+        if not result.success and result.error_code in _RECONNECT_CODES:
+            self._disconnect()
         run.file_done(request, result)

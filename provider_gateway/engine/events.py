@@ -1,0 +1,155 @@
+"""Task events: one log record each, with its fields, and the metrics each one moves.
+
+Events: ``task_claimed``, ``file_started``, ``file_progress`` (every
+``progress_interval_s`` of a long transfer), ``file_finished``,
+``file_failed``, ``task_answered``. Each record carries ``event``,
+``provider`` and, where they apply, ``task``, ``file`` (the URL without
+credentials), ``target``, ``bytes``, ``size``, ``percent``, ``mb_per_s``,
+``seconds`` and ``error_code``; the thread name comes with every record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from provider_gateway.messages import FileRequest, FileResult, redact_url
+from provider_gateway.ops.metrics import Metrics
+
+log = logging.getLogger("provider_gateway.events")
+
+
+@dataclass
+class FileProgress:
+    """A file being copied: what ``status`` shows and progress lines report."""
+
+    task: str
+    url: str
+    target: str
+    connection: str = ""
+    size: int | None = None
+    bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
+    last_report: float = field(default_factory=time.monotonic)
+
+    def rate(self) -> float:
+        """MB/s since the start."""
+        elapsed = time.monotonic() - self.started
+        return self.bytes / elapsed / 1e6 if elapsed > 0 else 0.0
+
+    def percent(self) -> float | None:
+        return round(100.0 * self.bytes / self.size, 1) if self.size else None
+
+    def fields(self) -> dict[str, object]:
+        out: dict[str, object] = {"task": self.task, "file": self.url, "target": self.target}
+        # s3transfer reads (and so reports progress) in threads of its own: name the connection.
+        out["connection"] = self.connection
+        out["bytes"] = self.bytes
+        if self.size is not None:
+            out["size"] = self.size
+        percent = self.percent()
+        if percent is not None:
+            out["percent"] = percent
+        out["mb_per_s"] = round(self.rate(), 2)
+        return out
+
+
+class Events:
+    """The task events of one provider."""
+
+    def __init__(self, provider_id: str, metrics: Metrics, progress_interval_s: float = 30.0) -> None:
+        self.provider = provider_id
+        self.metrics = metrics
+        self.progress_interval_s = progress_interval_s
+        self._lock = threading.Lock()
+
+    def _fields(self, event: str, **fields: object) -> dict[str, object]:
+        return {"event": event, "provider": self.provider, **fields}
+
+    def task_claimed(self, task: str, kind: str, files: int) -> None:
+        log.info(
+            "%s task %s claimed: %d file(s)",
+            kind,
+            task,
+            files,
+            extra=self._fields("task_claimed", task=task, files=files),
+        )
+
+    def file_started(self, task: str, request: FileRequest) -> FileProgress:
+        progress = FileProgress(
+            task=task,
+            url=redact_url(request.url),
+            target=f"s3://{request.bucket}/{request.key}",
+            connection=threading.current_thread().name,
+            size=request.size,
+        )
+        log.info(
+            "task %s: copying %s -> %s",
+            task,
+            progress.url,
+            progress.target,
+            extra=self._fields("file_started", **progress.fields()),
+        )
+        return progress
+
+    def bytes_read(self, progress: FileProgress, amount: int) -> None:
+        """Called for every piece read; logs a progress line every ``progress_interval_s``."""
+        progress.bytes += amount
+        now = time.monotonic()
+        if now - progress.last_report >= self.progress_interval_s:
+            progress.last_report = now
+            percent = progress.percent()
+            log.info(
+                "task %s: %s %s bytes (%.1f MB/s)",
+                progress.task,
+                progress.url,
+                f"{progress.bytes}/{progress.size} ({percent}%)" if progress.size else progress.bytes,
+                progress.rate(),
+                extra=self._fields("file_progress", **progress.fields()),
+            )
+
+    def file_finished(self, progress: FileProgress, result: FileResult, seconds: float) -> None:
+        fields = progress.fields()
+        fields.update(bytes=result.bytes, seconds=round(seconds, 3))
+        fields["mb_per_s"] = round(result.bytes / seconds / 1e6, 2) if seconds > 0 else 0.0
+        self.metrics.file_done(self.provider, result, seconds)
+        if result.success:
+            skip = " (already there: version skip)" if result.version_skip else ""
+            log.info(
+                "task %s: copied %s (%d bytes, %.1f MB/s)%s",
+                progress.task,
+                progress.url,
+                result.bytes,
+                fields["mb_per_s"],
+                skip,
+                extra=self._fields("file_finished", version_skip=result.version_skip, **fields),
+            )
+        else:
+            log.warning(
+                "task %s: %s failed: %s %s",
+                progress.task,
+                progress.url,
+                result.error_code,
+                result.error,
+                extra=self._fields("file_failed", error_code=result.error_code, error=result.error, **fields),
+            )
+
+    def task_answered(self, task: str, error_code: str | None, files: int, failed: int) -> None:
+        self.metrics.task_done(self.provider, error_code)
+        log.info(
+            "task %s answered: %d file(s), %d failed%s",
+            task,
+            files,
+            failed,
+            f" ({error_code})" if error_code else "",
+            extra=self._fields(
+                "task_answered",
+                task=task,
+                files=files,
+                failed=failed,
+                success=error_code is None,
+                error_code=error_code,
+            ),
+        )

@@ -1,0 +1,1 @@
+"""Operating a running gateway: Prometheus metrics, health, and the status endpoint."""

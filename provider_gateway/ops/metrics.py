@@ -1,0 +1,90 @@
+"""Prometheus metrics of a gateway, in a registry of its own.
+
+Counters move with task events; the gauges (connections open and busy, tasks
+in flight, threads alive) are read from the running gateway at each scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from provider_gateway.messages import FileResult
+
+TRANSFER_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600)
+
+
+class Metrics:
+    """The gateway's counters and histogram; :meth:`watch` adds the live gauges."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.bytes = Counter(
+            "provider_gateway_bytes",
+            "Bytes copied into S3, counted when a file is complete and verified.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.files = Counter(
+            "provider_gateway_files",
+            "Files finished, by outcome (copied, skipped, failed) and error code.",
+            ["provider", "outcome", "error_code"],
+            registry=self.registry,
+        )
+        self.tasks = Counter(
+            "provider_gateway_tasks",
+            "Tasks answered, by outcome (success, failure) and the error code sent.",
+            ["provider", "outcome", "error_code"],
+            registry=self.registry,
+        )
+        self.transfer_seconds = Histogram(
+            "provider_gateway_transfer_seconds",
+            "Time to copy one file, success or not.",
+            ["provider"],
+            buckets=TRANSFER_BUCKETS,
+            registry=self.registry,
+        )
+        self.poll_errors = Counter(
+            "provider_gateway_poll_errors",
+            "GetActivityTask calls that failed.",
+            ["provider", "activity"],
+            registry=self.registry,
+        )
+        self.thread_restarts = Counter(
+            "provider_gateway_thread_restarts",
+            "Connection or poller threads that died and were replaced.",
+            ["provider", "kind"],
+            registry=self.registry,
+        )
+
+    def file_done(self, provider: str, result: FileResult, seconds: float) -> None:
+        if result.success:
+            outcome = "skipped" if result.version_skip else "copied"
+            self.bytes.labels(provider).inc(result.bytes)
+        else:
+            outcome = "failed"
+        self.files.labels(provider, outcome, result.error_code or "").inc()
+        self.transfer_seconds.labels(provider).observe(seconds)
+
+    def task_done(self, provider: str, error_code: str | None) -> None:
+        self.tasks.labels(provider, "failure" if error_code else "success", error_code or "").inc()
+
+    def watch(self, gauges: Callable[[], Iterable[tuple[str, str, dict[str, float]]]]) -> None:
+        """Serve gauges read at scrape time: ``gauges()`` yields (name, help, {provider: value})."""
+        self.registry.register(_LiveGauges(gauges))
+
+
+class _LiveGauges(Collector):
+    def __init__(self, gauges: Callable[[], Iterable[tuple[str, str, dict[str, float]]]]) -> None:
+        self._gauges = gauges
+
+    def collect(self) -> Iterable[Any]:
+        for name, documentation, values in self._gauges():
+            family = GaugeMetricFamily(name, documentation, labels=["provider"])
+            for provider, value in values.items():
+                family.add_metric([provider], value)
+            yield family
