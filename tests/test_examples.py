@@ -54,3 +54,32 @@ def test_example_download_tasks_parse(name: str) -> None:
         assert task.files[1].key == "sources/MODIS/granule 002.h5"
     else:
         assert task.files[0].key == "sources/VIIRS/granule_003.nc"
+
+
+def test_ecs_task_definition_runs_options_the_cli_has_and_stops_within_ecs_timeout() -> None:
+    import re
+
+    import click
+
+    from provider_gateway.cli import main as cli
+    from provider_gateway.config.model import GatewayConfig
+    from provider_gateway.engine.gateway import CANCEL_WAIT_S
+
+    task = json.loads((EXAMPLES / "ecs" / "task-definition.json").read_text())
+    (container,) = task["containerDefinitions"]
+    assert container["image"].endswith(":${IMAGE_TAG}"), "each environment pins its image tag"
+    assert isinstance(cli, click.Group)
+    for command in (container["command"], container["healthCheck"]["command"][1:]):
+        words = command[1:] if command[0] == "provider-gateway" else command
+        sub = cli.commands[words[0]]
+        known = {opt for param in sub.params for opt in param.opts}
+        assert {w for w in words if w.startswith("--")} <= known
+    grace = GatewayConfig.__dataclass_fields__["shutdown_grace_s"].default
+    assert isinstance(grace, float)
+    assert grace + CANCEL_WAIT_S < container["stopTimeout"]
+    dockerfile = (EXAMPLES.parent / "Dockerfile").read_text()
+    healthcheck = re.search(r"CMD (\[.*provider-gateway.*status.*\])", dockerfile)
+    assert healthcheck is not None and json.loads(healthcheck.group(1)) == container["healthCheck"]["command"][1:]
+    policy = json.loads((EXAMPLES / "ecs" / "task-role-policy.json").read_text())
+    actions = {a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert "states:GetActivityTask" in actions and not any(a.endswith("*") for a in actions)
