@@ -194,3 +194,21 @@ def test_status_of_no_gateway_says_so_and_fails() -> None:
     )
     assert shown.returncode == 1 and "no gateway answers" in shown.stderr
     assert check.returncode == 1 and check.stdout == b""
+
+
+def test_healthz_fails_when_the_activity_api_stays_unreachable(gateway: GatewayFactory, activity: str) -> None:
+    port = free_port()
+    gateway(
+        activity,
+        {"type": "http", "host": "127.0.0.1:9"},
+        provider_id="PROV",
+        run_args=(*metrics_args(port), "--unhealthy-after-s", "1"),
+        extra_env={"AWS_ENDPOINT_URL_SFN": f"http://127.0.0.1:{free_port()}"},  # nothing listens there
+    )
+    healthz = f"http://127.0.0.1:{port}/healthz"
+    sick = wait_until(
+        lambda: (r := requests.get(healthz, timeout=5)).status_code == 503 and r.json(), timeout_s=60, what="503"
+    )
+    assert any("GetActivityTask on " + activity in p and "failing for" in p for p in sick["problems"])
+    errors = scrape(port)[("provider_gateway_poll_errors_total", (("activity", activity), ("provider", "PROV")))]
+    assert errors >= 1
