@@ -130,6 +130,8 @@ class CountingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self._target))
+            for sock in (client, upstream):  # relay small packets at once, as the endpoints send them
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self.total += 1
                 self.open += 1

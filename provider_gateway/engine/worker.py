@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from provider_gateway.config.model import ConnConfig
@@ -13,9 +16,12 @@ from provider_gateway.engine.work_queue import WorkQueue
 from provider_gateway.errors import InternalError
 from provider_gateway.messages import FileResult
 from provider_gateway.protocols import Connection, ConnectionFactory, ConnectionSettings
-from provider_gateway.transfer.copy import CopyOptions, copy_file
+from provider_gateway.transfer.copy import CopyOptions, copy_file, settle
 
 log = logging.getLogger(__name__)
+
+# Small files whose PutObject may still run while the connection fetches the next ones.
+PUTS_IN_FLIGHT = 2
 
 # A failure with one of these codes may have broken the connection: replace it.
 _RECONNECT_CODES = {"SourceUnavailable", "GatewayInternalError", "TaskCancelled", "GatewayShutdown"}
@@ -48,6 +54,8 @@ class ConnectionWorker:
         self.current: FileJob | None = None
         self.progress: FileProgress | None = None
         self.name = name
+        self._puts = ThreadPoolExecutor(max_workers=PUTS_IN_FLIGHT, thread_name_prefix=f"{name}-put")
+        self._put_slots = threading.BoundedSemaphore(PUTS_IN_FLIGHT)
 
     def start(self) -> None:
         self.thread.start()
@@ -96,7 +104,19 @@ class ConnectionWorker:
                     self.progress = None
                     self._queue.done()
         finally:
+            self._puts.shutdown(wait=True)  # every file handed off is answered before the thread ends
             self._disconnect()
+
+    def _upload(self, put: Callable[[], None]) -> Future[None]:
+        """Run a small file's PutObject in the background; blocks while PUTS_IN_FLIGHT are running."""
+        self._put_slots.acquire()
+        try:
+            future = self._puts.submit(put)
+        except BaseException:
+            self._put_slots.release()
+            raise
+        future.add_done_callback(lambda _: self._put_slots.release())
+        return future
 
     def _serve(self, job: FileJob) -> None:
         run, request = job.run, job.request
@@ -119,9 +139,18 @@ class ConnectionWorker:
             run.cancelled,
             progress=lambda amount: self._events.bytes_read(progress, amount),
             on_size=on_size,
+            uploader=self._upload,
         )
-        result = outcome.result
-        self._events.file_finished(progress, result, outcome.seconds)
-        if not result.success and result.error_code in _RECONNECT_CODES:
+        if not outcome.result.success and outcome.result.error_code in _RECONNECT_CODES:
             self._disconnect()
-        run.file_done(request, result)
+        started = time.monotonic() - outcome.seconds
+
+        def finish(_: object = None) -> None:
+            result = settle(outcome)
+            self._events.file_finished(progress, result, time.monotonic() - started)
+            run.file_done(request, result)
+
+        if outcome.pending is None:
+            finish()
+        else:
+            outcome.pending.add_done_callback(finish)

@@ -128,6 +128,8 @@ class SftpConnection:
         conn = self._conn
         try:
             sock = socket.create_connection((conn.host, conn.port), timeout=conn.timeout_s)
+            # Each SFTP exchange is a small packet: without this, every one waits out a delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             raise translate(exc, self._where) from exc
         transport = paramiko.Transport(sock)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -15,7 +17,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from provider_gateway.errors import GatewayError, InternalError, ResumeUnsupported
 from provider_gateway.messages import Checksum, FileRequest, FileResult, parse_sidecar, redact_url
 from provider_gateway.protocols.base import Connection, SourceStream
-from provider_gateway.transfer.s3upload import MiB, part_size_for, upload
+from provider_gateway.transfer.s3upload import MiB, part_size_for, put_small, upload
 from provider_gateway.transfer.stream import CancelCheck, ProgressCallback, TransferStream
 
 log = logging.getLogger(__name__)
@@ -34,10 +36,35 @@ class CopyOptions:
 
 @dataclass(frozen=True)
 class CopyOutcome:
-    """A finished copy: the result for the task, and its speed for the logs."""
+    """A finished copy: the result for the task, and its speed for the logs.
+
+    ``pending`` is set when the source was read whole and its PutObject was
+    handed to the ``uploader``: ``result`` holds only once it completes
+    (see :func:`settle`).
+    """
 
     result: FileResult
     seconds: float
+    pending: Future[None] | None = None
+
+
+Uploader = Callable[[Callable[[], None]], "Future[None]"]
+"""Runs a PutObject in the background, so the connection can fetch the next file meanwhile."""
+
+
+def settle(outcome: CopyOutcome) -> FileResult:
+    """The final result of ``outcome`` once its PutObject (if handed off) has completed."""
+    if outcome.pending is None:
+        return outcome.result
+    try:
+        outcome.pending.result()
+    except GatewayError as exc:
+        return FileResult(success=False, error_code=exc.code, error=exc.message)
+    except Exception as exc:  # a bug in the upload must fail the file, not leave it unanswered
+        log.exception("unexpected failure writing a small file")
+        error = InternalError(f"{type(exc).__name__}: {exc}")
+        return FileResult(success=False, error_code=error.code, error=error.message)
+    return outcome.result
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -53,6 +80,7 @@ def copy_file(
     cancelled: CancelCheck,
     progress: ProgressCallback | None = None,
     on_size: Callable[[int | None], None] | None = None,
+    uploader: Uploader | None = None,
 ) -> CopyOutcome:
     """Copy one file; every failure becomes a FileResult with its contract code.
 
@@ -60,17 +88,22 @@ def copy_file(
     dropped); ``stop`` cuts a backoff sleep short when the task is cancelled;
     ``progress`` is told the size of every piece read from the source, and
     ``on_size`` the file's size once the source is open (None if unknown).
+    With an ``uploader``, a file that fits in one part is read whole and its
+    PutObject runs there: the outcome is then ``pending``.
     """
     started = time.monotonic()
+    copier = _Copier(connection, s3, options, stop, cancelled, progress, on_size, uploader)
     try:
-        result = _Copier(connection, s3, options, stop, cancelled, progress, on_size).copy(request)
+        result = copier.copy(request)
     except GatewayError as exc:
         result = FileResult(success=False, error_code=exc.code, error=exc.message)
     except Exception as exc:  # a bug must fail one file, not the connection thread
         log.exception("unexpected failure copying %s", redact_url(request.url))
         error = InternalError(f"{type(exc).__name__}: {exc}")
         result = FileResult(success=False, error_code=error.code, error=error.message)
-    return CopyOutcome(result=result, seconds=time.monotonic() - started)
+    return CopyOutcome(
+        result=result, seconds=time.monotonic() - started, pending=copier.pending.pop() if copier.pending else None
+    )
 
 
 @dataclass(frozen=True)
@@ -84,6 +117,8 @@ class _Copier:
     cancelled: CancelCheck
     progress: ProgressCallback | None = None
     on_size: Callable[[int | None], None] | None = None
+    uploader: Uploader | None = None
+    pending: list[Future[None]] = field(default_factory=list)
 
     def copy(self, request: FileRequest) -> FileResult:
         if already_there(self.s3, request):
@@ -144,7 +179,16 @@ class _Copier:
         try:
             metadata = object_metadata(request.version, checksum)
             part_size = part_size_for(size, self.options.min_part_size)
-            upload(self.s3, stream, request.bucket, request.key, part_size, metadata)
+            if size is not None and size <= part_size:
+                # Read whole (the stream's size check bounds it) and verified before the object exists.
+                body = stream.read()
+                put = functools.partial(put_small, self.s3, body, request.bucket, request.key, metadata)
+                if self.uploader is None:
+                    put()
+                else:
+                    self.pending.append(self.uploader(put))
+            else:
+                upload(self.s3, stream, request.bucket, request.key, part_size, metadata)
         finally:
             stream.close()
         return FileResult(success=True, bytes=stream.bytes, checksum=stream.checksum)

@@ -73,3 +73,12 @@ def upload(
         raise TargetWriteFailed(f"writing s3://{bucket}/{key} failed: {exc}") from exc
     if stream.error is not None:  # s3transfer swallowed it: never report success then
         raise stream.error
+
+
+def put_small(s3: Any, body: bytes, bucket: str, key: str, metadata: dict[str, str] | None = None) -> None:
+    """One PutObject for a file that fits in one part: no transfer manager, no multipart calls."""
+    extra: dict[str, Any] = {"Metadata": metadata} if metadata else {}
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+    except (ClientError, BotoCoreError) as exc:
+        raise TargetWriteFailed(f"writing s3://{bucket}/{key} failed: {exc}") from exc
