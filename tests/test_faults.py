@@ -235,3 +235,39 @@ def test_s3_failing_a_part_mid_upload_is_target_write_failed_and_aborts_the_uplo
     assert proxy.failed, "the fault was never injected"
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_s3_refusing_small_files_fails_exactly_those_while_the_others_land(
+    gateway: GatewayFactory, stack: LocalStack, sfn: Any, s3: Any, bucket: str, activity: str
+) -> None:
+    # Small files are written by one PutObject that runs while the connection fetches the next file.
+    proxy = FaultyS3Proxy(
+        stack.endpoint, lambda method, path: "AccessDenied" if method == "PUT" and "bad" in path else None
+    )
+    files = {f"/{name}{i}.h5": os.urandom(1000 + i) for i in range(6) for name in ("ok", "bad")}
+    try:
+        with FileHTTPServer(files) as provider:
+            gateway(
+                activity,
+                {"type": "http", "host": provider.host},
+                failure_mode="per_file",
+                extra_env={"AWS_ENDPOINT_URL_S3": proxy.endpoint},
+            )
+            machine = create_state_machine(sfn, activity)
+            message = download_message([(provider.url(path), bucket, path[1:]) for path in files])
+            done = wait_done(sfn, start(sfn, machine, message))
+    finally:
+        proxy.close()
+
+    assert done["status"] == "SUCCEEDED", done
+    results = {f["target"]["key"]: f for f in json.loads(done["output"])["payload"]["files"]}
+    for path, body in files.items():
+        result = results[path[1:]]
+        if "bad" in path:
+            assert (result["success"], result["error_code"]) == (False, "TargetWriteFailed")
+        else:
+            assert result["success"] is True and result["bytes"] == len(body)
+            assert s3.get_object(Bucket=bucket, Key=path[1:])["Body"].read() == body
+    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]) == sorted(
+        p[1:] for p in files if "ok" in p
+    )
