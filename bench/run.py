@@ -1,0 +1,196 @@
+"""``make bench``: the gateway beside the tools users would pick instead, same machine, same run.
+
+    .venv/bin/python bench/run.py [--runs 3] [--size-mib 1024] [--small-files 1000] [--huge-gib 5]
+                                  [--protocols http,ftp,sftp] [--skip large,small,huge]
+
+Everything runs on loopback against the same local servers: nginx (HTTP), pyftpdlib
+(FTP), OpenSSH sshd (SFTP), and the local S3 (moto) in a process of its own.
+
+Cases (each run ``--runs`` times; the table shows min, median and max):
+  machine limits    the S3 server's own ingest (boto3 upload of an in-memory stream),
+                    and each source alone to /dev/null (curl for HTTP/FTP, OpenSSH sftp)
+  large files       one file per protocol: the gateway (with and without a sha256
+                    checksum), rclone, and curl | aws s3 cp -: MB/s, CPU s per GiB, peak RSS
+  small files       many 64 KiB files, 2 connections: the gateway (one task; a task per
+                    file), rclone --transfers 2 --checkers 2, and the S3 server's own
+                    PutObject rate: files/s and the provider connections open at once
+  huge file         one --huge-gib file with both connections busy: the gateway's peak RSS
+
+Tools that are missing (rclone, aws, nginx) are named in the output, not fatal:
+``sudo apt-get install nginx rclone awscli`` (the bench installs them itself as root).
+Results: a table on stdout, bench/results/bench.json and bench/results/bench.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peers import Peers  # noqa: E402
+from stage import Stage  # noqa: E402
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+RESULTS = ROOT / "bench" / "results"
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+class Bench:
+    """Collects each case's runs and prints them as one table."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, list[float]]] = {}
+        self.notes: list[str] = []
+
+    def add(self, group: str, case: str, **figures: float) -> None:
+        row = self.rows.setdefault(f"{group}|{case}", {})
+        for name, value in figures.items():
+            row.setdefault(name, []).append(value)
+        shown = ", ".join(f"{k} {v:.1f}" for k, v in figures.items())
+        print(f"  {group:<12} {case:<40} {shown}", flush=True)
+
+    def attempt(self, group: str, case: str, measure: Callable[[], dict[str, float] | None]) -> None:
+        try:
+            figures = measure()
+        except Exception as exc:  # noqa: BLE001 - one broken case must not lose the others
+            self.notes.append(f"{group} / {case}: failed: {exc}")
+            print(f"  {group:<12} {case:<40} FAILED: {exc}", flush=True)
+            return
+        if figures is not None:
+            self.add(group, case, **figures)
+
+    def table(self) -> list[dict[str, Any]]:
+        out = []
+        for key, figures in self.rows.items():
+            group, case = key.split("|", 1)
+            out.append({"group": group, "case": case, **{k: summarize(v) for k, v in figures.items()}})
+        return out
+
+
+def print_table(rows: list[dict[str, Any]], notes: list[str], machine: str) -> None:
+    print(f"\n{machine}\n")
+    print(f"{'group':<12} {'case':<40} {'figure':<14} {'min':>9} {'median':>9} {'max':>9}")
+    for row in rows:
+        first = True
+        for name, values in row.items():
+            if name in ("group", "case"):
+                continue
+            head = f"{row['group']:<12} {row['case']:<40}" if first else " " * 53
+            print(f"{head} {name:<14} {values['min']:9.1f} {values['median']:9.1f} {values['max']:9.1f}")
+            first = False
+    for note in notes:
+        print(f"note: {note}")
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is missing: no chart (pip install 'provider-gateway[bench]')")
+        return
+    panels = [("large", "MB/s", "large files: MB/s (median, min-max)"), ("small", "files/s", "small files: files/s")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 7))
+    for ax, (group, figure, title) in zip(axes, panels, strict=True):
+        picked = [r for r in rows if r["group"] in (group, "limits") and figure in r]
+        labels = [r["case"] for r in picked]
+        medians = [r[figure]["median"] for r in picked]
+        errors = [
+            [r[figure]["median"] - r[figure]["min"] for r in picked],
+            [r[figure]["max"] - r[figure]["median"] for r in picked],
+        ]
+        colors = ["tab:gray" if r["group"] == "limits" else "tab:blue" if "gateway" in r["case"] else "tab:orange"
+                  for r in picked]
+        ax.barh(labels, medians, xerr=errors, color=colors)
+        ax.invert_yaxis()
+        ax.set_title(title)
+        ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--small-files", type=int, default=1000)
+    parser.add_argument("--small-kib", type=int, default=64)
+    parser.add_argument("--huge-gib", type=float, default=5)
+    parser.add_argument("--protocols", default="http,ftp,sftp")
+    parser.add_argument("--skip", default="", help="comma-separated groups to skip: limits,large,small,huge")
+    args = parser.parse_args()
+    protocols = args.protocols.split(",")
+    skip = set(filter(None, args.skip.split(",")))
+    bench = Bench()
+    machine = f"{platform.node()}: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}"
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="pg-bench-") as tmp:
+        stage = Stage(stack, Path(tmp), protocols)
+        peers = Peers(stage)
+        bench.notes.extend(stage.notes + peers.notes)
+        size = args.size_mib * MiB
+        if not {"limits", "large"} <= skip:
+            stage.make_file("big.bin", size)
+        if "small" not in skip:
+            stage.make_small_files(args.small_files, args.small_kib * 1024)
+        for run in range(args.runs):
+            print(f"run {run + 1} of {args.runs}", flush=True)
+            if "limits" not in skip:
+                bench.attempt("limits", "S3 server ingest (boto3, in memory)", lambda: stage.s3_ingest(size))
+                for kind in stage.kinds:
+                    bench.attempt("limits", f"{kind} source alone ({stage.reader(kind)})",
+                                  lambda k=kind: stage.source_alone(k, "big.bin", size))
+            if "large" not in skip:
+                for kind in stage.kinds:
+                    bench.attempt("large", f"{kind} gateway", lambda k=kind: stage.gateway_large(k, "big.bin", size))
+                    bench.attempt("large", f"{kind} gateway + sha256",
+                                  lambda k=kind: stage.gateway_large(k, "big.bin", size, checksum=True))
+                    bench.attempt("large", f"{kind} rclone", lambda k=kind: peers.rclone_large(k, "big.bin", size))
+                    bench.attempt("large", f"{kind} curl | aws s3 cp -",
+                                  lambda k=kind: peers.curl_aws(k, "big.bin", size))
+            if "small" not in skip:
+                bench.attempt("small", "S3 server PutObject (2 threads)", stage.s3_small_rate)
+                for kind in stage.kinds:
+                    bench.attempt("small", f"{kind} gateway, one task", lambda k=kind: stage.gateway_small(k, False))
+                    bench.attempt("small", f"{kind} gateway, task per file", lambda k=kind: stage.gateway_small(k, True))
+                    bench.attempt("small", f"{kind} rclone --transfers 2", lambda k=kind: peers.rclone_small(k))
+        if "huge" not in skip:
+            huge = int(args.huge_gib * GiB)
+            stage.make_file("huge-a.bin", huge)
+            stage.make_file("huge-b.bin", huge)
+            bench.attempt("huge", f"gateway, 2 x {args.huge_gib:g} GiB at once", lambda: stage.gateway_huge(huge))
+    rows = bench.table()
+    print_table(rows, bench.notes, machine)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    document = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "runs": args.runs, "rows": rows,
+                "notes": bench.notes, "args": vars(args)}
+    (RESULTS / "bench.json").write_text(json.dumps(document, indent=2))
+    chart(rows, RESULTS / "bench.png")
+    print(f"\nwrote {RESULTS / 'bench.json'} and bench.png")
+
+
+if __name__ == "__main__":
+    if os.geteuid() == 0 and not all(shutil.which(t) for t in ("nginx", "rclone")):
+        subprocess.run(["apt-get", "install", "-y", "-q", "nginx", "rclone", "awscli"], check=False,
+                       stdout=subprocess.DEVNULL)
+    main()

@@ -1,0 +1,361 @@
+"""The benchmark's stage: local S3, the three providers, the files, and the gateway's runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import boto3
+import yaml
+
+from provider_gateway.local.ftp_server import FileFTPServer
+from provider_gateway.workflow import download_state_machine
+from tests.servers import SSHD, CountingProxy, Sshd, free_port, wait_for_port
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+ROOT = Path(__file__).resolve().parent.parent
+CLI = str(Path(sys.executable).parent / "provider-gateway")
+CREDENTIALS = {"AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+BUCKET = "bench"
+
+S3_ALONE = """
+import io, json, sys, time, boto3
+from provider_gateway.transfer.s3upload import transfer_config, part_size_for
+size = int(sys.argv[1])
+class Zeros(io.RawIOBase):
+    def __init__(self): self.left = size
+    def readable(self): return True
+    def read(self, n=-1):
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return bytes(n)
+s3 = boto3.client("s3")
+started = time.perf_counter()
+s3.upload_fileobj(Zeros(), "bench", "s3-alone.bin", Config=transfer_config(part_size_for(size, 8 << 20)))
+print(json.dumps({"seconds": time.perf_counter() - started}))
+"""
+
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+error_log {dir}/error.log;
+pid {dir}/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nodelay on;
+    keepalive_requests 100000;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        autoindex on;
+        autoindex_format json;
+    }}
+}}
+"""
+
+
+def child_cpu() -> float:
+    usage = os.times()
+    return usage.children_user + usage.children_system
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Stage:
+    """Starts everything once; each measurement method runs one case and returns its figures."""
+
+    def __init__(self, stack: ExitStack, work: Path, protocols: list[str]) -> None:
+        self.stack = stack
+        self.work = work
+        self.notes: list[str] = []
+        self.data = work / "data"
+        (self.data / "small").mkdir(parents=True)
+        self.env = {**os.environ, **CREDENTIALS, "PYTHONPATH": str(ROOT)}
+        self.env.pop("AWS_CA_BUNDLE", None)  # rclone's S3 backend refuses to start with it set
+        self.env["AWS_ENDPOINT_URL"] = self._start_moto()
+        os.environ.update({k: self.env[k] for k in (*CREDENTIALS, "AWS_ENDPOINT_URL")})
+        self.s3 = boto3.client("s3")
+        self.sfn = boto3.client("stepfunctions")
+        self.s3.create_bucket(Bucket=BUCKET)
+        self.small_names: list[str] = []
+        self.small_body = b""
+        self.conns: dict[str, dict[str, Any]] = {}
+        self.urls: dict[str, Callable[[str], str]] = {}
+        self.max_open: dict[str, Callable[[], int]] = {}
+        self.reset_open: dict[str, Callable[[], None]] = {}
+        for kind in protocols:
+            getattr(self, f"_start_{kind}")()
+        self.kinds = [k for k in protocols if k in self.conns]
+
+    # --- servers -------------------------------------------------------------------------
+
+    def _start_moto(self) -> str:
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "provider_gateway.local.stack", "--port", str(port)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        self.stack.callback(proc.kill)
+        wait_for_port(port, 30)
+        return f"http://127.0.0.1:{port}"
+
+    def _start_http(self) -> None:
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(nginx).exists():
+            self.notes.append("nginx is missing: no HTTP cases (apt-get install nginx)")
+            return
+        port = free_port()
+        run = self.work / "nginx"
+        run.mkdir()
+        conf = run / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(dir=run, port=port, root=self.data))
+        proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(run)], stderr=subprocess.DEVNULL)
+        self.stack.callback(proc.kill)
+        wait_for_port(port, 10)
+        proxy = CountingProxy(port)  # counts the connections each tool opens
+        self.stack.callback(proxy.close)
+        self.conns["http"] = {"type": "http", "host": f"127.0.0.1:{port}"}
+        self.urls["http"] = lambda name: f"http://127.0.0.1:{port}/{name}"
+        self.urls["http-counted"] = lambda name: f"http://127.0.0.1:{proxy.port}/{name}"
+        self.conns["http-counted"] = {"type": "http", "host": f"127.0.0.1:{proxy.port}"}
+        self.max_open["http"] = lambda: proxy.max_open
+        self.reset_open["http"] = lambda: setattr(proxy, "max_open", 0)
+
+    def _start_ftp(self) -> None:
+        ftp = self.stack.enter_context(FileFTPServer(self.data))
+        self.conns["ftp"] = {
+            "type": "ftp",
+            "host": "127.0.0.1",
+            "port": ftp.port,
+            "username": "provider",
+            "password": "secret",
+        }
+        self.urls["ftp"] = lambda name: f"ftp://127.0.0.1:{ftp.port}/{name}"
+        self.max_open["ftp"] = lambda: ftp.sessions_max
+        self.reset_open["ftp"] = lambda: setattr(ftp, "sessions_max", 0)
+        self.ftp = ftp
+
+    def _start_sftp(self) -> None:
+        if not SSHD:
+            self.notes.append("OpenSSH sshd is missing: no SFTP cases (apt-get install openssh-server)")
+            return
+        self.sshd = Sshd(self.work / "sshd")
+        self.stack.callback(self.sshd.stop)
+        proxy = CountingProxy(self.sshd.port)
+        self.stack.callback(proxy.close)
+        self.conns["sftp"] = {
+            "type": "sftp",
+            "host": "127.0.0.1",
+            "port": self.sshd.port,
+            "username": self.sshd.user,
+            "private_key_file": str(self.sshd.client_key),
+            "host_key": self.sshd.host_key_line,
+        }
+        self.conns["sftp-counted"] = {**self.conns["sftp"], "port": proxy.port}
+        self.urls["sftp"] = lambda name: f"sftp://127.0.0.1:{self.sshd.port}{self.data / name}"
+        self.urls["sftp-counted"] = lambda name: f"sftp://127.0.0.1:{proxy.port}{self.data / name}"
+        self.max_open["sftp"] = lambda: proxy.max_open
+        self.reset_open["sftp"] = lambda: setattr(proxy, "max_open", 0)
+        self.sftp_proxy_port = proxy.port
+
+    def counted(self, kind: str) -> str:
+        """The name under which ``kind``'s connections pass a counter (FTP counts sessions itself)."""
+        return f"{kind}-counted" if f"{kind}-counted" in self.conns else kind
+
+    # --- files -----------------------------------------------------------------------------
+
+    def make_file(self, name: str, size: int) -> None:
+        block = os.urandom(8 * MiB)
+        with (self.data / name).open("wb") as out:
+            for _ in range(size // len(block)):
+                out.write(block)
+            out.write(block[: size % len(block)])
+
+    def make_small_files(self, count: int, size: int) -> None:
+        self.small_body = os.urandom(size)
+        self.small_names = [f"small/f{i:05d}.bin" for i in range(count)]
+        for name in self.small_names:
+            (self.data / name).write_bytes(self.small_body)
+
+    def sha256(self, name: str) -> str:
+        import hashlib
+
+        digest = hashlib.sha256()
+        with (self.data / name).open("rb") as f:
+            while block := f.read(8 * MiB):
+                digest.update(block)
+        return digest.hexdigest()
+
+    # --- machine limits ------------------------------------------------------------------
+
+    def s3_ingest(self, size: int) -> dict[str, float]:
+        done = subprocess.run(
+            [sys.executable, "-c", S3_ALONE, str(size)], env=self.env, cwd=ROOT, capture_output=True, text=True
+        )
+        if done.returncode:
+            raise RuntimeError(done.stderr[-500:])
+        seconds = json.loads(done.stdout)["seconds"]
+        self.s3.delete_object(Bucket=BUCKET, Key="s3-alone.bin")
+        return {"MB/s": size / seconds / 1e6}
+
+    def s3_small_rate(self) -> dict[str, float]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda n: self.s3.put_object(Bucket=BUCKET, Key=f"alone/{n}", Body=self.small_body),
+                          self.small_names))
+        return {"files/s": len(self.small_names) / (time.perf_counter() - started)}
+
+    def reader(self, kind: str) -> str:
+        return "OpenSSH sftp" if kind == "sftp" else "curl"
+
+    def source_alone(self, kind: str, name: str, size: int) -> dict[str, float]:
+        if kind == "sftp":
+            target = f"{self.sshd.user}@127.0.0.1:{self.data / name}"
+            command = ["sftp", "-q", "-P", str(self.sshd.port), "-i", str(self.sshd.client_key),
+                       "-o", f"UserKnownHostsFile={self.sshd.dir / 'known_hosts'}", "-o", "StrictHostKeyChecking=no",
+                       target, "/dev/null"]
+        else:
+            command = ["curl", "-sS", "--fail", "-o", "/dev/null", "--user", "provider:secret", self.urls[kind](name)]
+            if kind == "http":
+                command.remove("--user")
+                command.remove("provider:secret")
+        return self.timed(command, size)
+
+    def timed(self, command: list[str] | str, size: int, shell: bool = False) -> dict[str, float]:
+        cpu_before = child_cpu()
+        started = time.perf_counter()
+        executable = "/bin/bash" if shell else None  # pipefail
+        done = subprocess.run(command, shell=shell, executable=executable, env=self.env, capture_output=True, text=True)  # noqa: S602
+        seconds = time.perf_counter() - started
+        if done.returncode:
+            raise RuntimeError(f"exit {done.returncode}: {done.stderr.strip()[-300:]}")
+        return {"MB/s": size / seconds / 1e6, "CPU s/GiB": (child_cpu() - cpu_before) / (size / GiB)}
+
+    # --- the gateway -----------------------------------------------------------------------
+
+    def gateway(self, kind: str, connections: int) -> tuple[subprocess.Popen[bytes], str]:
+        """A running ``provider-gateway run`` for ``kind``, and the state machine of its activity."""
+        activity = self.sfn.create_activity(name=f"bench-{kind}-{time.time_ns()}")["activityArn"]
+        machine = self.sfn.create_state_machine(
+            name=f"bench-{kind}-{time.time_ns()}",
+            roleArn="arn:aws:iam::123456789012:role/bench",
+            definition=json.dumps(download_state_machine(activity, heartbeat_s=300)),
+        )["stateMachineArn"]
+        gateway_config = {"activity_arn": activity, "conn_config": self.conns[kind], "num_connections": connections}
+        config = self.work / f"{kind}-{time.time_ns()}.yml"
+        provider = {"id": kind.upper().replace("-", "_"), "config": {"gateway_config": gateway_config}}
+        config.write_text(yaml.safe_dump({"providers": [provider]}))
+        proc = subprocess.Popen([CLI, "--log-level", "warning", "run", "--config", str(config)], env=self.env)
+        time.sleep(1.5)  # started and polling
+        return proc, machine
+
+    def execute(self, machine: str, batches: list[list[dict[str, Any]]]) -> None:
+        arns = [
+            self.sfn.start_execution(stateMachineArn=machine, input=json.dumps({"payload": {"files": files}}))[
+                "executionArn"
+            ]
+            for files in batches
+        ]
+        for arn in arns:
+            while (status := self.sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+                time.sleep(0.02)
+            if status["status"] != "SUCCEEDED":
+                raise RuntimeError(f"{status.get('error')}: {status.get('cause', '')[:300]}")
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.terminate()
+        proc.wait(60)
+
+    def gateway_large(self, kind: str, name: str, size: int, checksum: bool = False) -> dict[str, float]:
+        proc, machine = self.gateway(kind, 1)
+        try:
+            source: dict[str, Any] = {"url": self.urls[kind](name), "size": size}
+            if checksum:
+                source["checksum"] = {"type": "sha256", "value": self.sha256(name)}
+            cpu_before = proc_cpu(proc.pid)
+            started = time.perf_counter()
+            self.execute(machine, [[{"source": source, "target": {"bucket": BUCKET, "key": f"gw-{kind}.bin"}}]])
+            seconds = time.perf_counter() - started
+            figures = {
+                "MB/s": size / seconds / 1e6,
+                "CPU s/GiB": (proc_cpu(proc.pid) - cpu_before) / (size / GiB),
+                "peak RSS MiB": proc_peak_rss_mib(proc.pid),
+            }
+        finally:
+            self.stop(proc)
+        self.s3.delete_object(Bucket=BUCKET, Key=f"gw-{kind}.bin")
+        return figures
+
+    def gateway_small(self, kind: str, per_file: bool) -> dict[str, float]:
+        counted = self.counted(kind)
+        self.reset_open[kind]()
+        proc, machine = self.gateway(counted, 2)
+        prefix = f"gw-small-{kind}-{time.time_ns()}"
+        files = [
+            {"source": {"url": self.urls[counted](n), "size": len(self.small_body)},
+             "target": {"bucket": BUCKET, "key": f"{prefix}/{n}"}}
+            for n in self.small_names
+        ]
+        try:
+            cpu_before = proc_cpu(proc.pid)
+            started = time.perf_counter()
+            self.execute(machine, [[f] for f in files] if per_file else [files])
+            seconds = time.perf_counter() - started
+            cpu = proc_cpu(proc.pid) - cpu_before
+        finally:
+            self.stop(proc)
+        return {"files/s": len(files) / seconds, "CPU s": cpu, "provider conns": self.max_open[kind]()}
+
+    def gateway_huge(self, size: int) -> dict[str, float]:
+        kind = "http" if "http" in self.kinds else self.kinds[0]
+        proc, machine = self.gateway(kind, 2)
+        files = [
+            {"source": {"url": self.urls[kind](name), "size": size}, "target": {"bucket": BUCKET, "key": name}}
+            for name in ("huge-a.bin", "huge-b.bin")
+        ]
+        try:
+            started = time.perf_counter()
+            self.execute(machine, [files])
+            seconds = time.perf_counter() - started
+            rss = proc_peak_rss_mib(proc.pid)
+        finally:
+            self.stop(proc)
+        for f in files:
+            self.s3.delete_object(Bucket=BUCKET, Key=f["target"]["key"])
+        return {"peak RSS MiB": rss, "MB/s": 2 * size / seconds / 1e6}
+
+
+def hostname() -> str:
+    return socket.gethostname()
