@@ -26,7 +26,8 @@ demo: $(STAMP)
 	$(BIN)/provider-gateway --log-level warning demo
 
 bench: $(STAMP)
-	$(BIN)/python bench/transfer.py
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check provider_gateway tests bench

@@ -71,7 +71,7 @@ class Bench:
     def attempt(self, group: str, case: str, measure: Callable[[], dict[str, float] | None]) -> None:
         try:
             figures = measure()
-        except Exception as exc:  # noqa: BLE001 - one broken case must not lose the others
+        except Exception as exc:
             self.notes.append(f"{group} / {case}: failed: {exc}")
             print(f"  {group:<12} {case:<40} FAILED: {exc}", flush=True)
             return
@@ -120,8 +120,10 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
             [r[figure]["median"] - r[figure]["min"] for r in picked],
             [r[figure]["max"] - r[figure]["median"] for r in picked],
         ]
-        colors = ["tab:gray" if r["group"] == "limits" else "tab:blue" if "gateway" in r["case"] else "tab:orange"
-                  for r in picked]
+        colors = [
+            "tab:gray" if r["group"] == "limits" else "tab:blue" if "gateway" in r["case"] else "tab:orange"
+            for r in picked
+        ]
         ax.barh(labels, medians, xerr=errors, color=colors)
         ax.invert_yaxis()
         ax.set_title(title)
@@ -158,21 +160,35 @@ def main() -> None:
             if "limits" not in skip:
                 bench.attempt("limits", "S3 server ingest (boto3, in memory)", lambda: stage.s3_ingest(size))
                 for kind in stage.kinds:
-                    bench.attempt("limits", f"{kind} source alone ({stage.reader(kind)})",
-                                  lambda k=kind: stage.source_alone(k, "big.bin", size))
+                    bench.attempt(
+                        "limits",
+                        f"{kind} source alone ({stage.reader(kind)})",
+                        lambda k=kind: stage.source_alone(k, "big.bin", size),
+                    )
             if "large" not in skip:
                 for kind in stage.kinds:
                     bench.attempt("large", f"{kind} gateway", lambda k=kind: stage.gateway_large(k, "big.bin", size))
-                    bench.attempt("large", f"{kind} gateway + sha256",
-                                  lambda k=kind: stage.gateway_large(k, "big.bin", size, checksum=True))
+                    bench.attempt(
+                        "large",
+                        f"{kind} gateway + sha256",
+                        lambda k=kind: stage.gateway_large(k, "big.bin", size, checksum=True),
+                    )
                     bench.attempt("large", f"{kind} rclone", lambda k=kind: peers.rclone_large(k, "big.bin", size))
-                    bench.attempt("large", f"{kind} curl | aws s3 cp -",
-                                  lambda k=kind: peers.curl_aws(k, "big.bin", size))
+                    bench.attempt(
+                        "large", f"{kind} curl | aws s3 cp -", lambda k=kind: peers.curl_aws(k, "big.bin", size)
+                    )
             if "small" not in skip:
                 bench.attempt("small", "S3 server PutObject (2 threads)", stage.s3_small_rate)
+                bench.attempt(
+                    "small",
+                    "Step Functions alone: empty tasks, 2 threads",
+                    lambda: stage.activity_rate(len(stage.small_names)),
+                )
                 for kind in stage.kinds:
                     bench.attempt("small", f"{kind} gateway, one task", lambda k=kind: stage.gateway_small(k, False))
-                    bench.attempt("small", f"{kind} gateway, task per file", lambda k=kind: stage.gateway_small(k, True))
+                    bench.attempt(
+                        "small", f"{kind} gateway, task per file", lambda k=kind: stage.gateway_small(k, True)
+                    )
                     bench.attempt("small", f"{kind} rclone --transfers 2", lambda k=kind: peers.rclone_small(k))
         if "huge" not in skip:
             huge = int(args.huge_gib * GiB)
@@ -182,8 +198,14 @@ def main() -> None:
     rows = bench.table()
     print_table(rows, bench.notes, machine)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    document = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "runs": args.runs, "rows": rows,
-                "notes": bench.notes, "args": vars(args)}
+    document = {
+        "machine": machine,
+        "date": time.strftime("%Y-%m-%d"),
+        "runs": args.runs,
+        "rows": rows,
+        "notes": bench.notes,
+        "args": vars(args),
+    }
     (RESULTS / "bench.json").write_text(json.dumps(document, indent=2))
     chart(rows, RESULTS / "bench.png")
     print(f"\nwrote {RESULTS / 'bench.json'} and bench.png")
@@ -191,6 +213,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if os.geteuid() == 0 and not all(shutil.which(t) for t in ("nginx", "rclone")):
-        subprocess.run(["apt-get", "install", "-y", "-q", "nginx", "rclone", "awscli"], check=False,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "nginx", "rclone", "awscli"], check=False, stdout=subprocess.DEVNULL
+        )
     main()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -25,7 +27,12 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "provider-gateway")
-CREDENTIALS = {"AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+CREDENTIALS = {
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+}
 BUCKET = "bench"
 
 S3_ALONE = """
@@ -65,7 +72,6 @@ http {{
         listen 127.0.0.1:{port};
         root {root};
         autoindex on;
-        autoindex_format json;
     }}
 }}
 """
@@ -95,6 +101,7 @@ class Stage:
         self.stack = stack
         self.work = work
         self.notes: list[str] = []
+        work.chmod(0o755)  # nginx's workers do not run as the owner of the files
         self.data = work / "data"
         (self.data / "small").mkdir(parents=True)
         self.env = {**os.environ, **CREDENTIALS, "PYTHONPATH": str(ROOT)}
@@ -139,8 +146,10 @@ class Stage:
         run.mkdir()
         conf = run / "nginx.conf"
         conf.write_text(NGINX_CONF.format(dir=run, port=port, root=self.data))
-        proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(run)], stderr=subprocess.DEVNULL)
-        self.stack.callback(proc.kill)
+        proc = subprocess.Popen(
+            [nginx, "-c", str(conf), "-p", str(run)], stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        self.stack.callback(os.killpg, proc.pid, signal.SIGKILL)  # the master and its workers
         wait_for_port(port, 10)
         proxy = CountingProxy(port)  # counts the connections each tool opens
         self.stack.callback(proxy.close)
@@ -233,9 +242,43 @@ class Stage:
 
         started = time.perf_counter()
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda n: self.s3.put_object(Bucket=BUCKET, Key=f"alone/{n}", Body=self.small_body),
-                          self.small_names))
+            list(
+                pool.map(
+                    lambda n: self.s3.put_object(Bucket=BUCKET, Key=f"alone/{n}", Body=self.small_body),
+                    self.small_names,
+                )
+            )
         return {"files/s": len(self.small_names) / (time.perf_counter() - started)}
+
+    def activity_rate(self, count: int) -> dict[str, float]:
+        """Tasks/s of the local Step Functions alone: 2 threads claim and answer empty tasks."""
+        activity = self.sfn.create_activity(name=f"bench-empty-{time.time_ns()}")["activityArn"]
+        machine = self.sfn.create_state_machine(
+            name=f"bench-empty-{time.time_ns()}",
+            roleArn="arn:aws:iam::123456789012:role/bench",
+            definition=json.dumps(download_state_machine(activity, heartbeat_s=300)),
+        )["stateMachineArn"]
+        started = time.perf_counter()
+        for _ in range(count):
+            self.sfn.start_execution(stateMachineArn=machine, input="{}")
+        answered = [0]
+        finished = [0.0]
+
+        def work() -> None:
+            client = boto3.client("stepfunctions")
+            while answered[0] < count:
+                task = client.get_activity_task(activityArn=activity, workerName="bench")
+                if task.get("taskToken"):
+                    client.send_task_success(taskToken=task["taskToken"], output="{}")
+                    answered[0] += 1
+                    finished[0] = time.perf_counter()
+            # the other thread's last long poll returns empty when its wait ends; it is not timed
+
+        for _ in range(2):  # daemons: the last long poll may outlive the measurement by a minute
+            threading.Thread(target=work, daemon=True).start()
+        while answered[0] < count:
+            time.sleep(0.05)
+        return {"tasks/s": count / (finished[0] - started)}
 
     def reader(self, kind: str) -> str:
         return "OpenSSH sftp" if kind == "sftp" else "curl"
@@ -243,9 +286,20 @@ class Stage:
     def source_alone(self, kind: str, name: str, size: int) -> dict[str, float]:
         if kind == "sftp":
             target = f"{self.sshd.user}@127.0.0.1:{self.data / name}"
-            command = ["sftp", "-q", "-P", str(self.sshd.port), "-i", str(self.sshd.client_key),
-                       "-o", f"UserKnownHostsFile={self.sshd.dir / 'known_hosts'}", "-o", "StrictHostKeyChecking=no",
-                       target, "/dev/null"]
+            command = [
+                "sftp",
+                "-q",
+                "-P",
+                str(self.sshd.port),
+                "-i",
+                str(self.sshd.client_key),
+                "-o",
+                f"UserKnownHostsFile={self.sshd.dir / 'known_hosts'}",
+                "-o",
+                "StrictHostKeyChecking=no",
+                target,
+                "/dev/null",
+            ]
         else:
             command = ["curl", "-sS", "--fail", "-o", "/dev/null", "--user", "provider:secret", self.urls[kind](name)]
             if kind == "http":
@@ -257,7 +311,7 @@ class Stage:
         cpu_before = child_cpu()
         started = time.perf_counter()
         executable = "/bin/bash" if shell else None  # pipefail
-        done = subprocess.run(command, shell=shell, executable=executable, env=self.env, capture_output=True, text=True)  # noqa: S602
+        done = subprocess.run(command, shell=shell, executable=executable, env=self.env, capture_output=True, text=True)
         seconds = time.perf_counter() - started
         if done.returncode:
             raise RuntimeError(f"exit {done.returncode}: {done.stderr.strip()[-300:]}")
@@ -277,7 +331,12 @@ class Stage:
         config = self.work / f"{kind}-{time.time_ns()}.yml"
         provider = {"id": kind.upper().replace("-", "_"), "config": {"gateway_config": gateway_config}}
         config.write_text(yaml.safe_dump({"providers": [provider]}))
-        proc = subprocess.Popen([CLI, "--log-level", "warning", "run", "--config", str(config)], env=self.env)
+        command = [CLI, "--log-level", "warning", "run", "--config", str(config)]
+        if os.environ.get("BENCH_PROFILE"):  # py-spy's collapsed stacks, for flamegraph.pl or speedscope
+            out = ROOT / "bench" / "results" / f"profile-{kind}-{time.time_ns()}.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            command = ["py-spy", "record", "--idle", "--format", "raw", "--rate", "200", "-o", str(out), "--", *command]
+        proc = subprocess.Popen(command, env=self.env)
         time.sleep(1.5)  # started and polling
         return proc, machine
 
@@ -295,7 +354,11 @@ class Stage:
                 raise RuntimeError(f"{status.get('error')}: {status.get('cause', '')[:300]}")
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        proc.terminate()
+        if os.environ.get("BENCH_PROFILE"):  # stop the gateway under py-spy, which then writes its profile
+            for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+                os.kill(int(child), signal.SIGTERM)
+        else:
+            proc.terminate()
         proc.wait(60)
 
     def gateway_large(self, kind: str, name: str, size: int, checksum: bool = False) -> dict[str, float]:
@@ -324,8 +387,10 @@ class Stage:
         proc, machine = self.gateway(counted, 2)
         prefix = f"gw-small-{kind}-{time.time_ns()}"
         files = [
-            {"source": {"url": self.urls[counted](n), "size": len(self.small_body)},
-             "target": {"bucket": BUCKET, "key": f"{prefix}/{n}"}}
+            {
+                "source": {"url": self.urls[counted](n), "size": len(self.small_body)},
+                "target": {"bucket": BUCKET, "key": f"{prefix}/{n}"},
+            }
             for n in self.small_names
         ]
         try:
