@@ -101,6 +101,26 @@ def print_table(rows: list[dict[str, Any]], notes: list[str], machine: str) -> N
         print(f"note: {note}")
 
 
+def markdown(rows: list[dict[str, Any]], notes: list[str], machine: str, runs: int) -> str:
+    """The table as Markdown, for docs/performance.md."""
+    lines = [
+        f"Machine: {machine}; {runs} runs per case.",
+        "",
+        "| group | case | figure | min | median | max |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        for name, values in row.items():
+            if name in ("group", "case"):
+                continue
+            lines.append(
+                f"| {row['group']} | {row['case']} | {name} | {values['min']:.1f} | {values['median']:.1f} | "
+                f"{values['max']:.1f} |"
+            )
+    lines += ["", *[f"- {note.splitlines()[0]}" for note in notes]]
+    return "\n".join(lines) + "\n"
+
+
 def chart(rows: list[dict[str, Any]], path: Path) -> None:
     try:
         import matplotlib
@@ -207,8 +227,9 @@ def main() -> None:
         "args": vars(args),
     }
     (RESULTS / "bench.json").write_text(json.dumps(document, indent=2))
+    (RESULTS / "bench.md").write_text(markdown(rows, bench.notes, machine, args.runs))
     chart(rows, RESULTS / "bench.png")
-    print(f"\nwrote {RESULTS / 'bench.json'} and bench.png")
+    print(f"\nwrote {RESULTS / 'bench.json'}, bench.md and bench.png")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ class Events:
         return {"event": event, "provider": self.provider, **fields}
 
     def task_claimed(self, task: str, kind: str, files: int) -> None:
+        if not log.isEnabledFor(logging.INFO):  # thousands of small tasks: skip building the fields
+            return
         log.info(
             "%s task %s claimed: %d file(s)",
             kind,
@@ -85,6 +87,8 @@ class Events:
             connection=threading.current_thread().name,
             size=request.size,
         )
+        if not log.isEnabledFor(logging.INFO):
+            return progress
         log.info(
             "task %s: copying %s -> %s",
             task,
@@ -111,10 +115,12 @@ class Events:
             )
 
     def file_finished(self, progress: FileProgress, result: FileResult, seconds: float) -> None:
+        self.metrics.file_done(self.provider, result, seconds)
+        if not log.isEnabledFor(logging.INFO if result.success else logging.WARNING):
+            return
         fields = progress.fields()
         fields.update(bytes=result.bytes, seconds=round(seconds, 3))
         fields["mb_per_s"] = round(result.bytes / seconds / 1e6, 2) if seconds > 0 else 0.0
-        self.metrics.file_done(self.provider, result, seconds)
         if result.success:
             skip = " (already there: version skip)" if result.version_skip else ""
             log.info(
@@ -138,6 +144,8 @@ class Events:
 
     def task_answered(self, task: str, error_code: str | None, files: int, failed: int) -> None:
         self.metrics.task_done(self.provider, error_code)
+        if not log.isEnabledFor(logging.INFO):
+            return
         log.info(
             "task %s answered: %d file(s), %d failed%s",
             task,

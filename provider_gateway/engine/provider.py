@@ -103,7 +103,7 @@ class ProviderRuntime:
             read_pointer=self._read_pointer,
         )
         run = TaskRun(token, task, self._responder, gateway.failure_mode, label=token[-12:])
-        run.on_answered = functools.partial(self.events.task_answered, run.label)
+        run.on_answered = functools.partial(self._answered, run)
         run.heartbeat = Heartbeat(
             self._sfn,
             token,
@@ -113,14 +113,13 @@ class ProviderRuntime:
         ).start()
         with self._runs_lock:
             self._runs.add(run)
-        threading.Thread(target=self._forget_when_done, args=(run,), daemon=True).start()
         self.events.task_claimed(run.label, task.kind, len(task.files))
         return run.jobs()
 
-    def _forget_when_done(self, run: TaskRun) -> None:
-        run.finished.wait()
+    def _answered(self, run: TaskRun, error_code: str | None, files: int, failed: int) -> None:
         with self._runs_lock:
             self._runs.discard(run)
+        self.events.task_answered(run.label, error_code, files, failed)
 
     def _read_pointer(self, bucket: str, key: str) -> Any:
         return json.loads(self._s3.get_object(Bucket=bucket, Key=key)["Body"].read())

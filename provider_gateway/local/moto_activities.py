@@ -84,14 +84,29 @@ class _Execution(Execution):
         super().__init__(account_id=account_id, region_name=region_name, **kwargs)
 
 
+_TOKEN_EXECUTIONS: dict[str, Any] = {}
+"""Which execution a task token belongs to, once found: a search looks only at running executions."""
+
+
+def _endpoint_of(execution: Any, token: str) -> Any:
+    worker = getattr(execution, "exec_worker", None)
+    return None if worker is None else worker.env.callback_pool_manager.get(token)
+
+
 def _find_endpoint(backend: Any, token: str) -> tuple[Any, Any] | None:
-    for execution in backend._get_executions():
-        worker = getattr(execution, "exec_worker", None)
-        if worker is None:
-            continue
-        endpoint = worker.env.callback_pool_manager.get(token)
-        if endpoint is not None:
-            return execution, endpoint
+    known = _TOKEN_EXECUTIONS.get(token)
+    if known is not None:
+        endpoint = _endpoint_of(known, token)
+        return (known, endpoint) if endpoint is not None else None
+    # Thousands of finished executions pile up in a long run: look among the running ones first.
+    running = backend._get_executions("RUNNING")
+    seen = {id(e) for e in running}
+    for executions in (running, [e for e in backend._get_executions() if id(e) not in seen]):
+        for execution in executions:
+            endpoint = _endpoint_of(execution, token)
+            if endpoint is not None:
+                _TOKEN_EXECUTIONS[token] = execution
+                return execution, endpoint
     return None
 
 
