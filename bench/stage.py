@@ -250,14 +250,19 @@ class Stage:
             )
         return {"files/s": len(self.small_names) / (time.perf_counter() - started)}
 
-    def activity_rate(self, count: int) -> dict[str, float]:
-        """Tasks/s of the local Step Functions alone: 2 threads claim and answer empty tasks."""
-        activity = self.sfn.create_activity(name=f"bench-empty-{time.time_ns()}")["activityArn"]
+    def activity_and_machine(self, label: str) -> tuple[str, str]:
+        """A new activity, and a state machine whose one Task uses it."""
+        activity = self.sfn.create_activity(name=f"bench-{label}-{time.time_ns()}")["activityArn"]
         machine = self.sfn.create_state_machine(
-            name=f"bench-empty-{time.time_ns()}",
+            name=f"bench-{label}-{time.time_ns()}",
             roleArn="arn:aws:iam::123456789012:role/bench",
             definition=json.dumps(download_state_machine(activity, heartbeat_s=300)),
         )["stateMachineArn"]
+        return activity, machine
+
+    def activity_rate(self, count: int) -> dict[str, float]:
+        """Tasks/s of the local Step Functions alone: 2 threads claim and answer empty tasks."""
+        activity, machine = self.activity_and_machine("empty")
         started = time.perf_counter()
         for _ in range(count):
             self.sfn.start_execution(stateMachineArn=machine, input="{}")
@@ -323,12 +328,7 @@ class Stage:
         self, kind: str, connections: int, extra_env: dict[str, str] | None = None
     ) -> tuple[subprocess.Popen[bytes], str]:
         """A running ``provider-gateway run`` for ``kind``, and the state machine of its activity."""
-        activity = self.sfn.create_activity(name=f"bench-{kind}-{time.time_ns()}")["activityArn"]
-        machine = self.sfn.create_state_machine(
-            name=f"bench-{kind}-{time.time_ns()}",
-            roleArn="arn:aws:iam::123456789012:role/bench",
-            definition=json.dumps(download_state_machine(activity, heartbeat_s=300)),
-        )["stateMachineArn"]
+        activity, machine = self.activity_and_machine(kind)
         gateway_config = {"activity_arn": activity, "conn_config": self.conns[kind], "num_connections": connections}
         config = self.work / f"{kind}-{time.time_ns()}.yml"
         provider = {"id": kind.upper().replace("-", "_"), "config": {"gateway_config": gateway_config}}
