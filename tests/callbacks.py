@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import time
 import zipfile
 from typing import Any
 
@@ -62,8 +64,6 @@ def create_function(clients: dict[str, Any], handler: str, env: dict[str, str], 
 
 def api_event(callback_id: str, body: bytes, signature: str | None, base64_body: bool = False) -> dict[str, Any]:
     """An API Gateway HTTP API (payload 2.0) event for POST /callbacks/{callback_id}."""
-    import base64
-
     headers = {"content-type": "application/json", "host": "abc123.execute-api.us-east-1.amazonaws.com"}
     if signature is not None:
         headers["x-signature-256"] = signature
@@ -114,8 +114,6 @@ def local_clients(env: dict[str, str]) -> dict[str, Any]:
 
 def waiting_callback(dynamodb: Any, table: str, execution_arn: str, timeout_s: float = 30) -> dict[str, Any]:
     """The table's item for ``execution_arn`` once the register function has stored it."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         items = dynamodb.scan(TableName=table).get("Items", [])

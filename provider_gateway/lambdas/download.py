@@ -66,26 +66,20 @@ def _request(event: dict[str, Any]) -> tuple[one_file.Source, Any]:
         raise InvalidRequest("download: the event needs 'task', a download task with one file")
     provider_id = event.get("provider") or task.get("provider")
     config = gateway_config()
-    holder: list[one_file.Source] = []
 
-    def url_check(url: str) -> object:
+    def source_for(url: str) -> one_file.Source:
+        """The URL's provider settings; InvalidRequest if the URL is not that provider's (the parse's URL check)."""
         if provider_id and config is not None:
             provider = one_file.choose_provider(config, url, str(provider_id))
-            holder.append(one_file.source_from_provider(provider.gateway, url))
-        else:
-            holder.append(one_file.source_from_url(url))
-        return holder[-1]
+            return one_file.source_from_provider(provider.gateway, url)
+        return one_file.source_from_url(url)
 
-    parsed = parse_download_task(json.dumps(task), url_check)
+    parsed = parse_download_task(json.dumps(task), source_for)
     if len(parsed.files) != 1:
         raise InvalidRequest(f"download: the task must hold one file, it holds {len(parsed.files)}")
-    source = holder[0]
+    (file,) = parsed.files
+    source = source_for(file.url)
     request = one_file.file_request(
-        source,
-        parsed.files[0].bucket,
-        parsed.files[0].key,
-        version=parsed.files[0].version,
-        size=parsed.files[0].size,
-        checksum=parsed.files[0].checksum,
+        source, file.bucket, file.key, version=file.version, size=file.size, checksum=file.checksum
     )
     return source, request

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -101,14 +101,12 @@ def copy_file(
         log.exception("unexpected failure copying %s", redact_url(request.url))
         error = InternalError(f"{type(exc).__name__}: {exc}")
         result = FileResult(success=False, error_code=error.code, error=error.message)
-    return CopyOutcome(
-        result=result, seconds=time.monotonic() - started, pending=copier.pending.pop() if copier.pending else None
-    )
+    return CopyOutcome(result=result, seconds=time.monotonic() - started, pending=copier.pending)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Copier:
-    """The collaborators of one copy, so its steps need not pass them along."""
+    """The collaborators of one copy, so its steps need not pass them along; ``pending`` is its handed-off PutObject."""
 
     connection: Callable[[], Connection]
     s3: Any
@@ -118,7 +116,7 @@ class _Copier:
     progress: ProgressCallback | None = None
     on_size: Callable[[int | None], None] | None = None
     uploader: Uploader | None = None
-    pending: list[Future[None]] = field(default_factory=list)
+    pending: Future[None] | None = None
 
     def copy(self, request: FileRequest) -> FileResult:
         if already_there(self.s3, request):
@@ -186,7 +184,7 @@ class _Copier:
                 if self.uploader is None:
                     put()
                 else:
-                    self.pending.append(self.uploader(put))
+                    self.pending = self.uploader(put)
             else:
                 upload(self.s3, stream, request.bucket, request.key, part_size, metadata)
         finally:
