@@ -22,6 +22,7 @@ from provider_gateway.config.model import (
     ConnConfig,
     FtpConnConfig,
     GatewayConfig,
+    GridftpConnConfig,
     HttpConnConfig,
     ProviderConfig,
     SftpConnConfig,
@@ -132,8 +133,13 @@ def source_from_url(url: str, known_hosts_file: str | None = None) -> Source:
         )
     elif scheme == "sftp":
         conn = _sftp_from_url(parts, host, user, password, known_hosts_file)
+    elif scheme == "gsiftp":
+        # The X.509 credential comes from the standard X509_* variables, as for globus-url-copy itself.
+        conn = GridftpConnConfig(type="gridftp", host=host, port=parts.port or 2811, username=user)
     else:
-        raise InvalidRequest(f"scheme {parts.scheme or '(none)'!r} is not supported (http, https, ftp, ftps, sftp)")
+        raise InvalidRequest(
+            f"scheme {parts.scheme or '(none)'!r} is not supported (http, https, ftp, ftps, sftp, gsiftp)"
+        )
     check_url(conn, bare)
     return Source(conn=conn, url=bare)
 

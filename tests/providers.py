@@ -18,9 +18,10 @@ import trustme
 from provider_gateway.local.ftp_server import FileFTPServer
 from provider_gateway.local.http_server import FileHTTPServer
 from provider_gateway.local.sftp_server import InProcessSFTPServer
+from tests.gridftp_server import GLOBUS_URL_COPY, GRIDFTP_SERVER, GridftpServer
 from tests.servers import SSHD, CountingProxy, Sshd
 
-PROTOCOLS = ["http", "ftp", "ftps", "sftp"]
+PROTOCOLS = ["http", "ftp", "ftps", "sftp", "gridftp"]
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Provider:
     logins: Callable[[], int]
     drop_sessions: Callable[[], int]
     notes: list[str] = field(default_factory=list)
+    non_ascii_names: bool = True
 
 
 @contextmanager
@@ -164,6 +166,55 @@ def in_process_sftp(root: Path) -> Iterator[Provider]:
         )
 
 
+def require_gridftp() -> None:
+    """Fail in CI, skip with the reason elsewhere, when the Grid Community Toolkit is missing."""
+    missing = [
+        name
+        for name, path in (("globus-gridftp-server", GRIDFTP_SERVER), ("globus-url-copy", GLOBUS_URL_COPY))
+        if not path
+    ]
+    if not missing:
+        return
+    message = (
+        f"{', '.join(missing)} not installed: .ci/run installs globus-gridftp-server-progs and globus-gass-copy-progs"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@contextmanager
+def gridftp_provider(tmp: Path) -> Iterator[Provider]:
+    require_gridftp()
+    with ExitStack() as stack:
+        server = GridftpServer(tmp / "gridftp", users={"provider": "secret"})
+        stack.callback(server.stop)
+        proxy = CountingProxy(server.port)  # control sessions pass through it; data connections go direct
+        stack.callback(proxy.close)
+
+        def conn(valid: bool) -> dict[str, Any]:
+            return {
+                "type": "gridftp",
+                "host": "127.0.0.1",
+                "port": proxy.port,
+                "username": "provider",
+                "password": "secret" if valid else "wrong",
+            }
+
+        yield Provider(
+            "gridftp",
+            put=server.put,
+            url=lambda name: f"ftp://127.0.0.1:{proxy.port}{quote(server.path(name))}",
+            conn_config=conn,
+            sessions_max=lambda: proxy.max_open,
+            sessions_total=lambda: proxy.total,
+            logins=lambda: server.sessions_total,
+            drop_sessions=proxy.drop,
+            # globus-gridftp-server drops the bytes of a command that are not ASCII.
+            non_ascii_names=False,
+        )
+
+
 @contextmanager
 def provider_for(kind: str, tmp: Path) -> Iterator[Provider]:
     """The running test provider for ``kind``."""
@@ -173,9 +224,12 @@ def provider_for(kind: str, tmp: Path) -> Iterator[Provider]:
     elif kind in ("ftp", "ftps"):
         with ftp_provider(tmp, tls=kind == "ftps") as provider:
             yield provider
+    elif kind == "gridftp":
+        with gridftp_provider(tmp) as provider:
+            yield provider
     else:
         with sftp_provider(tmp) as provider:
             yield provider
 
 
-__all__ = ["PROTOCOLS", "Provider", "provider_for"]
+__all__ = ["PROTOCOLS", "Provider", "provider_for", "require_gridftp"]

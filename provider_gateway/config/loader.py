@@ -19,6 +19,7 @@ from provider_gateway.config.model import (
     ConnConfig,
     FtpConnConfig,
     GatewayConfig,
+    GridftpConnConfig,
     HttpConnConfig,
     ProviderConfig,
     SftpConnConfig,
@@ -29,7 +30,7 @@ from provider_gateway.errors import ConfigError
 ResourceResolver = Callable[[str], str]
 
 ACTIVITY_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:states:[a-z0-9-]+:\d{12}:activity:[A-Za-z0-9_.-]{1,80}$")
-CONN_TYPES = ("http", "https", "ftp", "ftps", "sftp")
+CONN_TYPES = ("http", "https", "ftp", "ftps", "sftp", "gridftp")
 _HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
@@ -140,6 +141,8 @@ def _conn(data: Any, path: str) -> ConnConfig:
             passive=f.take("passive", bool, True),
             timeout_s=f.take("timeout_s", float, 30.0, at_least(1)),
         )
+    elif kind == "gridftp":
+        conn = _gridftp(f)
     else:
         conn = _sftp(f)
     f.finish()
@@ -182,6 +185,28 @@ def _sftp(f: Fields) -> SftpConnConfig:
             f"{f.key_path('known_hosts_file')}: sftp needs known_hosts_file or host_key "
             "(or insecure_skip_host_key_check: true)"
         )
+    return conn
+
+
+def _gridftp(f: Fields) -> GridftpConnConfig:
+    conn = GridftpConnConfig(
+        type="gridftp",
+        host=f.take("host", str, check=_host_check(allow_port=False)),
+        port=f.take("port", int, 2811, at_least(1)),
+        username=f.take("username", str, None),
+        password=f.take("password", str, None),
+        x509_user_proxy=f.take("x509_user_proxy", str, None),
+        x509_user_cert=f.take("x509_user_cert", str, None),
+        x509_user_key=f.take("x509_user_key", str, None),
+        x509_cert_dir=f.take("x509_cert_dir", str, None),
+        data_channel_auth=f.take("data_channel_auth", bool, True),
+    )
+    if conn.password and not conn.username:
+        raise ConfigError(f"{f.key_path('password')}: a password needs a username")
+    if conn.x509_user_proxy and (conn.x509_user_cert or conn.x509_user_key):
+        raise ConfigError(f"{f.key_path('x509_user_proxy')}: give a proxy or a certificate and key, not both")
+    if conn.x509_user_key and not conn.x509_user_cert:
+        raise ConfigError(f"{f.key_path('x509_user_key')}: a key needs x509_user_cert")
     return conn
 
 

@@ -66,7 +66,29 @@ class SftpConnConfig:
     timeout_s: float = 30.0
 
 
-ConnConfig = HttpConnConfig | FtpConnConfig | SftpConnConfig
+@dataclass(frozen=True)
+class GridftpConnConfig:
+    """``conn_config`` of a ``gridftp`` provider (``gsiftp://`` and ``ftp://`` URLs).
+
+    ``gsiftp://`` authenticates with an X.509 credential: ``x509_user_proxy``,
+    or ``x509_user_cert`` with ``x509_user_key``, or whatever the standard
+    ``X509_*`` environment variables name. ``ftp://`` logs in with
+    ``username``/``password``, anonymously without them.
+    """
+
+    type: Literal["gridftp"]
+    host: str
+    port: int = 2811
+    username: str | None = None
+    password: str | None = secret()
+    x509_user_proxy: str | None = None
+    x509_user_cert: str | None = None
+    x509_user_key: str | None = None
+    x509_cert_dir: str | None = None
+    data_channel_auth: bool = True
+
+
+ConnConfig = HttpConnConfig | FtpConnConfig | SftpConnConfig | GridftpConnConfig
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 from provider_gateway.config.model import ConnConfig
-from provider_gateway.errors import ConfigError
+from provider_gateway.errors import ConfigError, SourceUnavailable
+from provider_gateway.protocols import gridftp
 from provider_gateway.protocols.base import Connection, ConnectionSettings, SourceStream
 from provider_gateway.protocols.ftp import FtpConnection
+from provider_gateway.protocols.gridftp import GridftpConnection
 from provider_gateway.protocols.http import HttpConnection
 from provider_gateway.protocols.sftp import SftpConnection
 from provider_gateway.protocols.urls import check_url
@@ -21,17 +23,24 @@ REGISTRY: dict[str, ConnectionFactory] = {
     "ftp": FtpConnection,
     "ftps": FtpConnection,
     "sftp": SftpConnection,
+    "gridftp": GridftpConnection,
 }
 
 
 def connection_factory(conn: ConnConfig) -> ConnectionFactory:
     """The factory for ``conn.type``; ConfigError if this build does not speak it."""
     try:
-        return REGISTRY[conn.type]
+        factory = REGISTRY[conn.type]
     except KeyError:
         raise ConfigError(
             f"conn_config.type {conn.type!r} is not supported yet (supported: {', '.join(sorted(REGISTRY))})"
         ) from None
+    if conn.type == "gridftp":
+        try:
+            gridftp.program()
+        except SourceUnavailable as exc:
+            raise ConfigError(exc.message) from None
+    return factory
 
 
 __all__ = [

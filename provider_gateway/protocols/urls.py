@@ -13,8 +13,9 @@ SCHEMES: dict[str, tuple[str, ...]] = {
     "ftp": ("ftp",),
     "ftps": ("ftp", "ftps"),
     "sftp": ("sftp",),
+    "gridftp": ("gsiftp", "ftp"),
 }
-DEFAULT_PORTS = {"http": 80, "https": 443, "ftp": 21, "ftps": 21, "sftp": 22}
+DEFAULT_PORTS = {"http": 80, "https": 443, "ftp": 21, "ftps": 21, "sftp": 22, "gridftp": 2811}
 
 
 def check_url(conn: ConnConfig, url: str) -> SplitResult:
