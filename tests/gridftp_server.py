@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import crypt
 import datetime
+import ipaddress
 import os
 import shutil
 import signal
@@ -47,10 +48,12 @@ def _write_key(key: rsa.RSAPrivateKey, path: Path) -> Path:
 class GsiAuthority:
     """A test CA laid out as Globus expects (hashed name and signing policy), and certificates it issues."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.dir = workdir
-        self.cert_dir = workdir / "certificates"
-        self.cert_dir.mkdir(parents=True)
+    def __init__(self) -> None:
+        # World-readable: the server reads the CA directory after switching to `nobody`.
+        self.dir = Path(tempfile.mkdtemp(prefix="gsi-"))
+        self.dir.chmod(0o755)
+        self.cert_dir = self.dir / "certificates"
+        self.cert_dir.mkdir()
         self._key = _key()
         now = datetime.datetime.now(datetime.UTC)
         self._cert = (
@@ -90,7 +93,9 @@ class GsiAuthority:
             )
         )
         if host:
-            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+            # Clients check the server's certificate against the name in the URL: here 127.0.0.1.
+            names = [x509.DNSName(common_name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(self._key, hashes.SHA256())
         stem = self.dir / common_name.replace(" ", "_").lower()
         cert_path = stem.with_suffix(".pem")
@@ -109,6 +114,9 @@ class GsiAuthority:
             capture_output=True,
         )
         return out
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _usage(ca: bool) -> x509.KeyUsage:
@@ -204,6 +212,25 @@ class GridftpServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def session_pids(self) -> list[int]:
+        """The processes the server forked, one per open session."""
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == self.proc.pid:
+                    pids.append(int(stat.parent.name))
+        return pids
+
+    @staticmethod
+    def bytes_read(pid: int) -> int:
+        """What process ``pid`` has read so far (its ``rchar``), 0 if it is gone."""
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+        return 0
 
     @property
     def sessions_total(self) -> int:
