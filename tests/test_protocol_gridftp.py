@@ -45,6 +45,9 @@ class Site:
     def url(self, name: str, scheme: str = "gsiftp") -> str:
         return f"{scheme}://127.0.0.1:{self.proxy.port}{quote(self.server.path(name))}"
 
+    def with_certificate(self) -> dict[str, Any]:
+        return self.conn(x509_user_cert=str(self.user_cert), x509_user_key=str(self.user_key))
+
     def conn(self, **auth: Any) -> dict[str, Any]:
         return {
             "type": "gridftp",
@@ -166,12 +169,10 @@ def test_sessions_the_server_sees_stay_within_num_connections(
     files = {f"part-{i:02d}.dat": os.urandom(2 * MiB + i) for i in range(12)}
     for name, data in files.items():
         site.server.put(name, data)
-    gateway(activity, site.conn(x509_user_cert=str(site.user_cert), x509_user_key=str(site.user_key)), num_connections=2)
+    gateway(activity, site.with_certificate(), num_connections=2)
     machine = create_state_machine(sfn, activity)
     names = sorted(files)
-    runs = [
-        start(sfn, machine, download_message([(site.url(n), bucket, n) for n in names[i::3]])) for i in range(3)
-    ]
+    runs = [start(sfn, machine, download_message([(site.url(n), bucket, n) for n in names[i::3]])) for i in range(3)]
 
     results = [wait_done(sfn, arn, timeout_s=120) for arn in runs]
 
@@ -187,7 +188,7 @@ def test_a_session_killed_mid_file_resumes_from_its_offset(
 ) -> None:
     data = os.urandom(64 * MiB + 99)
     site.server.put("big.h5", data)
-    gateway(activity, site.conn(x509_user_cert=str(site.user_cert), x509_user_key=str(site.user_key)), part_size_mb=5)
+    gateway(activity, site.with_certificate(), part_size_mb=5)
     machine = create_state_machine(sfn, activity)
     killed: list[int] = []
     watcher = threading.Thread(target=_kill_first_transfer, args=(site.server, "big.h5", killed), daemon=True)
