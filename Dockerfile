@@ -13,12 +13,16 @@ FROM ${PYTHON_IMAGE}
 ARG VERSION=unknown
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="provider-gateway" \
-      org.opencontainers.image.description="Moves files from data providers (HTTP, FTP, SFTP) into S3 for Step Functions workflows" \
+      org.opencontainers.image.description="Moves files from data providers (HTTP, FTP, SFTP, GridFTP) into S3 for Step Functions workflows" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
+# GridFTP providers are read through the Grid Community Toolkit's globus-url-copy (Debian bookworm's).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends globus-gass-copy-progs=10.12-2 \
+    && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels /wheels/provider_gateway-*.whl \
     && useradd --create-home --uid 10001 gateway

@@ -80,6 +80,21 @@ def test_validate_prints_providers_with_secrets_masked(tmp_path: Path) -> None:
             lambda g: g.update(conn_config={"type": "sftp", "host": "h", "username": "u", "password": "p"}),
             "known_hosts_file",
         ),
+        (
+            lambda g: g.update(conn_config={"type": "gridftp", "host": "h", "password": "p"}),
+            "conn_config.password: a password needs a username",
+        ),
+        (
+            lambda g: g.update(
+                conn_config={"type": "gridftp", "host": "h", "x509_user_proxy": "/p", "x509_user_cert": "/c"}
+            ),
+            "give a proxy or a certificate and key, not both",
+        ),
+        (
+            lambda g: g.update(conn_config={"type": "gridftp", "host": "h", "x509_user_key": "/k"}),
+            "x509_user_key: a key needs x509_user_cert",
+        ),
+        (lambda g: g.update(conn_config={"type": "gridftp", "host": "h:2811"}), "without a port"),
     ],
 )
 def test_each_config_error_exits_2_and_names_the_key(tmp_path: Path, change: Any, named: str) -> None:
@@ -93,6 +108,20 @@ def test_each_config_error_exits_2_and_names_the_key(tmp_path: Path, change: Any
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert named in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_gridftp_provider_validates_with_its_password_masked(tmp_path: Path) -> None:
+    conn = {"type": "gridftp", "host": "gridftp.example.org", "username": "alice", "password": "pw-${GRID_PW}"}
+    gateway = {"activity_arn": ARN, "conn_config": conn, "num_connections": 2}
+    path = tmp_path / "collections.yml"
+    path.write_text(json.dumps({"providers": [{"id": "GRID", "config": {"gateway_config": gateway}}]}))
+
+    done = validate(path, {"GRID_PW": "hunter2"})
+
+    assert done.returncode == 0, done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
+    assert "type: gridftp" in done.stdout and "port: 2811" in done.stdout
+    assert "password: '****'" in done.stdout
 
 
 def test_unset_environment_variable_is_named(tmp_path: Path) -> None:

@@ -27,7 +27,8 @@ def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
         resolver=lambda name: f"arn:aws:states:us-west-2:123456789012:activity:{name}",
     )
 
-    assert [p.id for p in config.providers] == ["HTTP_PROV", "TOKEN_PROV"]
+    assert [p.id for p in config.providers] == ["HTTP_PROV", "TOKEN_PROV", "GRID_PROV"]
+    assert config.providers[2].gateway.conn.type == "gridftp"
     assert config.providers[0].gateway.sync_activity_arn is not None
     assert config.providers[0].gateway.activity_arn.endswith(":HttpProvDownloadActivity")
 
