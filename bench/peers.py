@@ -84,7 +84,7 @@ class Peers:
         return f"{kind}:{name}"
 
     def rclone_large(self, kind: str, name: str, size: int) -> dict[str, float] | None:
-        if self.rclone is None:
+        if self.rclone is None or kind == "gridftp":  # rclone speaks no GridFTP
             return None
         if kind == "http":
             command = [self.rclone, "copyurl", self.stage.urls["http"](name), f"s3:{BUCKET}/rclone-{kind}.bin"]
@@ -105,6 +105,9 @@ class Peers:
             )
         elif kind == "ftp":
             source = f"curl -sS --fail --user provider:secret {stage.urls['ftp'](name)}"
+        elif kind == "gridftp":
+            url = stage.urls["gridftp"](name).replace("ftp://", "ftp://provider:secret@", 1)
+            source = f"globus-url-copy {url} file:///dev/stdout"
         else:
             source = f"curl -sS --fail {stage.urls['http'](name)}"
         # Debian's AWS CLI (2.9) predates AWS_ENDPOINT_URL: the endpoint goes on the command line.
@@ -117,7 +120,7 @@ class Peers:
         return figures
 
     def rclone_small(self, kind: str) -> dict[str, float] | None:
-        if self.rclone is None:
+        if self.rclone is None or kind == "gridftp":
             return None
         stage = self.stage
         stage.reset_open[kind]()

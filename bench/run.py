@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--small-files", type=int, default=1000)
     parser.add_argument("--small-kib", type=int, default=64)
     parser.add_argument("--huge-gib", type=float, default=5)
-    parser.add_argument("--protocols", default="http,ftp,sftp")
+    parser.add_argument("--protocols", default="http,ftp,sftp,gridftp")
     parser.add_argument("--skip", default="", help="comma-separated groups to skip: limits,large,small,huge")
     args = parser.parse_args()
     protocols = args.protocols.split(",")
@@ -194,8 +194,9 @@ def main() -> None:
                         lambda k=kind: stage.gateway_large(k, "big.bin", size, checksum=True),
                     )
                     bench.attempt("large", f"{kind} rclone", lambda k=kind: peers.rclone_large(k, "big.bin", size))
+                    source = "globus-url-copy" if kind == "gridftp" else "curl"
                     bench.attempt(
-                        "large", f"{kind} curl | aws s3 cp -", lambda k=kind: peers.curl_aws(k, "big.bin", size)
+                        "large", f"{kind} {source} | aws s3 cp -", lambda k=kind: peers.curl_aws(k, "big.bin", size)
                     )
             if "small" not in skip:
                 bench.attempt("small", "S3 server PutObject (2 threads)", stage.s3_small_rate)
@@ -233,8 +234,13 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if os.geteuid() == 0 and not all(shutil.which(t) for t in ("nginx", "rclone")):
+    if os.geteuid() == 0 and not all(shutil.which(t) for t in ("nginx", "rclone", "globus-gridftp-server")):
         subprocess.run(
-            ["apt-get", "install", "-y", "-q", "nginx", "rclone", "awscli"], check=False, stdout=subprocess.DEVNULL
-        )
+            [
+                "apt-get", "install", "-y", "-q", "nginx", "rclone", "awscli",
+                "globus-gridftp-server-progs", "globus-gass-copy-progs",
+            ],
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
     main()

@@ -21,6 +21,7 @@ import yaml
 
 from provider_gateway.local.ftp_server import FileFTPServer
 from provider_gateway.workflow import download_state_machine
+from tests.gridftp_server import GLOBUS_URL_COPY, GRIDFTP_SERVER, GridftpServer
 from tests.servers import SSHD, CountingProxy, Sshd, free_port, wait_for_port
 
 MiB = 1024 * 1024
@@ -197,6 +198,30 @@ class Stage:
         self.reset_open["sftp"] = lambda: setattr(proxy, "max_open", 0)
         self.sftp_proxy_port = proxy.port
 
+    def _start_gridftp(self) -> None:
+        if not (GRIDFTP_SERVER and GLOBUS_URL_COPY):
+            self.notes.append(
+                "globus-gridftp-server or globus-url-copy is missing: no GridFTP cases "
+                "(apt-get install globus-gridftp-server-progs globus-gass-copy-progs)"
+            )
+            return
+        server = GridftpServer(self.work / "gridftp", users={"provider": "secret"})
+        self.stack.callback(server.stop)
+        proxy = CountingProxy(server.port)  # control sessions only: data connections go to the server
+        self.stack.callback(proxy.close)
+        self.conns["gridftp"] = {
+            "type": "gridftp",
+            "host": "127.0.0.1",
+            "port": server.port,
+            "username": "provider",
+            "password": "secret",
+        }
+        self.conns["gridftp-counted"] = {**self.conns["gridftp"], "port": proxy.port}
+        self.urls["gridftp"] = lambda name: f"ftp://127.0.0.1:{server.port}{self.data / name}"
+        self.urls["gridftp-counted"] = lambda name: f"ftp://127.0.0.1:{proxy.port}{self.data / name}"
+        self.max_open["gridftp"] = lambda: proxy.max_open
+        self.reset_open["gridftp"] = lambda: setattr(proxy, "max_open", 0)
+
     def counted(self, kind: str) -> str:
         """The name under which ``kind``'s connections pass a counter (FTP counts sessions itself)."""
         return f"{kind}-counted" if f"{kind}-counted" in self.conns else kind
@@ -286,9 +311,12 @@ class Stage:
         return {"tasks/s": count / (finished[0] - started)}
 
     def reader(self, kind: str) -> str:
-        return "OpenSSH sftp" if kind == "sftp" else "curl"
+        return {"sftp": "OpenSSH sftp", "gridftp": "globus-url-copy"}.get(kind, "curl")
 
     def source_alone(self, kind: str, name: str, size: int) -> dict[str, float]:
+        if kind == "gridftp":
+            url = self.urls["gridftp"](name).replace("ftp://", "ftp://provider:secret@", 1)
+            return self.timed([str(GLOBUS_URL_COPY), url, "file:///dev/null"], size)
         if kind == "sftp":
             target = f"{self.sshd.user}@127.0.0.1:{self.data / name}"
             command = [
