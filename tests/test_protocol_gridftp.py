@@ -103,23 +103,26 @@ def test_x509_login_moves_a_multipart_file_byte_exact(
     assert re.search(r"DN /CN=Gateway Test User successfully authorized", site.server.log()), site.server.log()[-2000:]
 
 
-@pytest.mark.parametrize("who", ["untrusted", "unmapped"])
+@pytest.mark.parametrize("who", ["untrusted", "unmapped", "no-credential"])
 def test_refused_certificate_is_source_access_denied(
     who: str, site: Site, gateway: GatewayFactory, sfn: Any, s3: Any, bucket: str, activity: str
 ) -> None:
     site.server.put("f.bin", b"data")
-    if who == "untrusted":
-        stranger = GsiAuthority()  # a CA the server does not trust
-        cert, key = stranger.issue("Gateway Test User")
-        site.gsi_others.append(stranger)
-    else:
-        cert, key = site.gsi.issue("Nobody In The Gridmap")
+    auth: dict[str, str] = {"x509_user_proxy": str(site.gsi.dir / "no-such-proxy")}
+    if who != "no-credential":
+        if who == "untrusted":
+            stranger = GsiAuthority()  # a CA the server does not trust
+            site.gsi_others.append(stranger)
+            cert, key = stranger.issue("Gateway Test User")
+        else:
+            cert, key = site.gsi.issue("Nobody In The Gridmap")
+        auth = {"x509_user_cert": str(cert), "x509_user_key": str(key)}
 
     done = _run(
         gateway,
         sfn,
         activity,
-        site.conn(x509_user_cert=str(cert), x509_user_key=str(key)),
+        site.conn(**auth),
         download_message([(site.url("f.bin"), bucket, "f.bin")]),
     )
 

@@ -35,12 +35,12 @@ from provider_gateway.protocols.base import ConnectionSettings
 PROGRAM = "globus-url-copy"
 PIPE_SIZE = 1 << 20  # fewer, larger reads than the default 64 KiB pipe
 EXIT_WAIT_S = 10.0
-_NOT_FOUND = re.compile(r"no such file|not found|PATH_NOT_FOUND|error 3011", re.IGNORECASE)
-_DENIED = re.compile(
-    r"\b53[02]\b|login incorrect|permission denied|not authorized|authenticat|credential|certificate|"
-    r"gss|proxy|PERMISSION_DENIED",
-    re.IGNORECASE,
+# Checked in this order: a failed login or credential says nothing about the file.
+_LOGIN_REFUSED = re.compile(
+    r"\b53[02]\b|login incorrect|not authorized|authenticat|credential|certificate|gss|proxy", re.IGNORECASE
 )
+_NOT_FOUND = re.compile(r"no such file|not found|PATH_NOT_FOUND", re.IGNORECASE)
+_DENIED = re.compile(r"permission denied|PERMISSION_DENIED", re.IGNORECASE)
 _USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 
 
@@ -62,6 +62,8 @@ def translate(stderr: str, returncode: int | None, what: str, secrets: tuple[str
         if secret:
             text = text.replace(secret, "****").replace(quote(secret, safe=""), "****")
     text = " ".join(text.replace("error:", " ").split())[:600] or f"exit status {returncode}"
+    if _LOGIN_REFUSED.search(text):
+        return SourceAccessDenied(f"{what}: {text}")
     if _NOT_FOUND.search(text):
         return SourceNotFound(f"{what}: {text}")
     if _DENIED.search(text):
@@ -82,12 +84,13 @@ class GridftpStream:
         self._fd = process.stdout.fileno()
         with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        self._poll = select.poll()  # unlike select(), any descriptor number
+        self._poll.register(self._fd, select.POLLIN)
 
     def read(self, amount: int) -> bytes:
         if self._ended:
             return b""
-        ready, _, _ = select.select([self._fd], [], [], self._owner.read_timeout_s)
-        if not ready:
+        if not self._poll.poll(self._owner.read_timeout_s * 1000):
             self._stop()
             raise SourceUnavailable(f"{self._what}: no data for {self._owner.read_timeout_s:g} s")
         piece = os.read(self._fd, min(amount, PIPE_SIZE))
