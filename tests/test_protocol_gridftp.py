@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +26,8 @@ from tests.conftest import GatewayFactory
 from tests.gridftp_server import GridftpServer, GsiAuthority
 from tests.providers import require_gridftp
 from tests.servers import CountingProxy
-from tests.support import cli_path, create_activity, create_state_machine, download_message, start, wait_done
+from tests.support import create_activity, create_state_machine, download_message, start, wait_done
+from tests.test_download_command import run_download
 
 MiB = 1024 * 1024
 PASSWORD = "pa:ss@w/rd%"  # characters that must be escaped in a URL's user info
@@ -226,34 +226,19 @@ def _kill_first_transfer(server: GridftpServer, name: str, killed: list[int]) ->
 
 
 def test_download_command_over_gsiftp_with_the_x509_environment(
-    site: Site, tmp_path: Path, aws_env: dict[str, str], s3: Any, bucket: str
+    site: Site, aws_env: dict[str, str], s3: Any, bucket: str
 ) -> None:
     data = os.urandom(1 * MiB + 5)
     site.server.put("one.h5", data)
     env = {
-        **os.environ,
         **aws_env,
         "X509_USER_CERT": str(site.user_cert),
         "X509_USER_KEY": str(site.user_key),
         "X509_CERT_DIR": str(site.gsi.cert_dir),
     }
 
-    done = subprocess.run(
-        [cli_path(), "download", site.url("one.h5"), f"s3://{bucket}/one.h5", "--no-progress"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    missing = subprocess.run(
-        [cli_path(), "download", site.url("absent.h5"), f"s3://{bucket}/absent.h5", "--no-progress"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_download(env, site.url("one.h5"), f"s3://{bucket}/one.h5", "--no-progress")
+    missing = run_download(env, site.url("absent.h5"), f"s3://{bucket}/absent.h5", "--no-progress")
 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["bytes"] == len(data)
