@@ -25,7 +25,6 @@ import select
 import shutil
 import signal
 import subprocess
-import time
 from urllib.parse import quote, urlsplit
 
 from provider_gateway.config.model import GridftpConnConfig
@@ -129,7 +128,6 @@ class GridftpStream:
     def close(self) -> None:
         if not self._ended or self._process.poll() is None:
             self._stop()
-        self._owner.last_used = time.monotonic()
 
 
 class GridftpConnection:
@@ -140,7 +138,6 @@ class GridftpConnection:
         self._program = program()
         self.read_timeout_s = settings.read_timeout_s
         self.secrets = (conn.password or "",)
-        self.last_used = time.monotonic()
         self._env = self._environment()
 
     def _environment(self) -> dict[str, str]:
@@ -197,7 +194,6 @@ class GridftpConnection:
             process.stdin.close()
         except OSError:
             pass  # it exited already: its output and status say why
-        self.last_used = time.monotonic()
         return GridftpStream(self, process, what)
 
     def check(self) -> bool:
