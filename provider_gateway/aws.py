@@ -54,11 +54,11 @@ class AwsClients:
 
     def client(self, service: str) -> Any:
         """A plain client of any other service (DynamoDB, SNS...)."""
-        return self._session.client(service)  # type: ignore[call-overload]
+        return self._session.client(service)
 
     def resource(self, service: str) -> Any:
         """A boto3 resource (DynamoDB tables)."""
-        return self._session.resource(service)  # type: ignore[call-overload]
+        return self._session.resource(service)
 
     def cloudformation(self) -> Any:
         """A CloudFormation client (resource id resolution)."""

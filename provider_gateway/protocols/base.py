@@ -29,7 +29,14 @@ class SourceStream(Protocol):
         ...
 
     def read(self, amount: int) -> bytes:
-        """Up to ``amount`` bytes; ``b""`` only at the end of the file."""
+        """Up to ``amount`` bytes; ``b""`` only at the proven end of the file.
+
+        ``b""`` means the protocol itself has signalled a complete transfer
+        (FTP 226/250, HTTP Content-Length reached or the chunked terminator,
+        SFTP the stat size, GridFTP a zero exit status). A transfer that
+        ends any other way raises (SourceUnavailable, so it is resumed),
+        with the server's own words in the message.
+        """
         ...
 
     def close(self) -> None:
@@ -50,4 +57,15 @@ class Connection(Protocol):
 
     def close(self) -> None:
         """Close the network connection; the object must not be used afterwards."""
+        ...
+
+    def abort(self) -> None:
+        """Cut the connection from another thread, so a read blocked in it ends at once.
+
+        Called when the file's task is cancelled (grace period over, second
+        signal, TaskTimedOut). It must not block, must be safe to call at any
+        moment (also while nothing is open, or twice), and leaves the
+        connection broken: :meth:`check` is False afterwards and the owner
+        replaces it.
+        """
         ...
