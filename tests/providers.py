@@ -69,10 +69,13 @@ def ftp_provider(tmp: Path, tls: bool) -> Iterator[Provider]:
     root = tmp / "ftp-root"
     root.mkdir()
     cert = None
+    tls_keys: dict[str, Any] = {}
     if tls:
         authority = trustme.CA()
         cert = tmp / "ftp-cert.pem"
         authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(cert))
+        authority.cert_pem.write_to_path(str(tmp / "ftp-ca.pem"))
+        tls_keys = {"ca_bundle": str(tmp / "ftp-ca.pem")}
     kind = "ftps" if tls else "ftp"
     with FileFTPServer(root, tls_cert=cert) as server:
 
@@ -83,6 +86,7 @@ def ftp_provider(tmp: Path, tls: bool) -> Iterator[Provider]:
                 "port": server.port,
                 "username": "provider",
                 "password": "secret" if valid else "wrong",
+                **tls_keys,
             }
 
         yield Provider(

@@ -45,6 +45,13 @@ class FileFTPServer:
         self.bytes_served = 0
         # Fault injection: file name -> fractions of the file at which to abort the transfer, once each.
         self.resets: dict[str, list[float]] = {}
+        # Fault injection: file name -> fraction at which the whole server goes silent until ``release`` is set.
+        self.stalls: dict[str, float] = {}
+        self.release = threading.Event()
+        # Every command line received, in order (PASS without its argument).
+        self.commands: list[str] = []
+        # False: SIZE is refused (550), as servers that deny it do.
+        self.size_allowed = True
         self._lock = threading.Lock()
         self._handlers: set[Any] = set()
         authorizer = DummyAuthorizer()
@@ -96,6 +103,13 @@ class FileFTPServer:
             def on_file_sent(self, file: str) -> None:
                 server.retrieved.append(file)
 
+            def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+                server.commands.append("PASS" if cmd == "PASS" else line)
+                if cmd == "SIZE" and not server.size_allowed:
+                    self.respond("550 SIZE not allowed here.")
+                    return
+                super().pre_process_command(line, cmd, arg)
+
         if tls_cert is not None:
             CountingHandler.certfile = str(tls_cert)
             CountingHandler.tls_control_required = True
@@ -137,6 +151,7 @@ class FileFTPServer:
         return self
 
     def stop(self) -> None:
+        self.release.set()
         self._server.close_all()
 
     def __enter__(self) -> FileFTPServer:
@@ -168,6 +183,10 @@ class _FaultyFile:
     def read(self, amount: int = -1) -> bytes:
         position = self._file.tell()
         data: bytes = self._file.read(amount)
+        stall = self._server.stalls.get(self._name)
+        if stall is not None and position < int(self._size * stall) <= position + len(data):
+            del self._server.stalls[self._name]
+            self._server.release.wait(60)  # the server's only thread: nothing moves until released
         pending = self._server.resets.get(self._name, [])
         for fraction in sorted(pending):
             at = int(self._size * fraction)
