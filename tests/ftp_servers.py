@@ -120,7 +120,6 @@ background=NO
 run_as_launching_user=YES
 anonymous_enable=YES
 anon_root={workdir}
-no_anon_password=YES
 local_enable=NO
 write_enable=NO
 pasv_enable=YES
@@ -164,6 +163,7 @@ class Proftpd(_Daemon):
         ).stdout.strip()
         users.write_text(f"{self.user}:{hashed}:{uid}:{gid}::{root}:/bin/sh\n")
         users.chmod(0o600)
+        low = free_port()
         limit = "<Limit SIZE>\n  DenyAll\n</Limit>\n" if deny_size else ""
         config = workdir / "proftpd.conf"
         config.write_text(
@@ -184,7 +184,7 @@ AuthOrder mod_auth_file.c
 AuthUserFile {users}
 RootLogin on
 DefaultRoot ~
-PassivePorts {free_port()} {free_port()}
+PassivePorts {low} {low + 50}
 MaxInstances 64
 SystemLog {workdir}/system.log
 LogFormat commands "%m %r"

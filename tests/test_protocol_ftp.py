@@ -75,11 +75,21 @@ class Reconnecting:
         return self.current
 
 
-def copy(connections: Reconnecting, url: str, s3: Any, bucket: str, key: str, **options: Any) -> Any:
+def copy(
+    connections: Reconnecting,
+    url: str,
+    s3: Any,
+    bucket: str,
+    key: str,
+    progress: Callable[[int], None] | None = None,
+    **options: Any,
+) -> Any:
     """Copy one file into S3 as the gateway does; returns its FileResult."""
     request = FileRequest(index=0, url=url, bucket=bucket, key=key)
     settings_ = {"min_part_size": 5 * MiB, "retry_wait_max_s": 0.2, **options}
-    outcome = copy_file(connections, request, s3, CopyOptions(**settings_), threading.Event(), lambda: None)
+    outcome = copy_file(
+        connections, request, s3, CopyOptions(**settings_), threading.Event(), lambda: None, progress=progress
+    )
     return outcome.result
 
 
