@@ -92,6 +92,13 @@ class SessionReusingFTP_TLS(ftplib.FTP_TLS):  # noqa: N801 - named after ftplib'
     def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, int | None]:
         conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
         control = self.sock
+        # TLS 1.3 is left on, on purpose. Its session comes in a ticket the server sends just after
+        # the handshake; the client takes it in when it reads the next record, so once the login
+        # replies are read, ``control.session`` holds it, and OpenSSL servers accept that one ticket
+        # for every data connection (checked against vsftpd 3.0.3 on OpenSSL 3: session_reused
+        # True, transfer after transfer). Capping at TLS 1.2, the usual workaround for clients that
+        # take the session too early, would break that same vsftpd: its default ssl_ciphers
+        # (DES-CBC3-SHA) leaves OpenSSL 3 no TLS 1.2 cipher at all, and the handshake fails.
         if isinstance(control, ssl.SSLSocket):
             conn = self.context.wrap_socket(conn, server_hostname=self.host, session=control.session)
         return conn, size
