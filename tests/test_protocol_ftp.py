@@ -159,6 +159,31 @@ def test_a_data_connection_cut_short_is_a_break_with_the_servers_reply(
     assert not connection.check()
 
 
+@pytest.mark.parametrize("fault", ["no-reply", "control-closed"])
+def test_all_the_data_without_a_226_is_not_a_complete_file(server: FileFTPServer, fault: str) -> None:
+    server.size_allowed = False
+    config = FtpConnConfig(type="ftp", host="127.0.0.1", port=server.port, username="provider", password="secret")
+    connection = FtpConnection(config, ConnectionSettings(read_timeout_s=1))
+    if fault == "no-reply":
+        server.withheld_replies.add("226")
+        words = "no reply within 1 s"
+    else:
+        server.resets["a.bin"] = [0.5]
+        server.withheld_replies.add("426")
+        words = "the control connection closed"
+    stream = connection.open("ftp://127.0.0.1/a.bin")
+    if fault == "control-closed":
+        stream.read(1000)
+        server.drop_sessions()
+
+    with pytest.raises(SourceUnavailable, match=words):
+        while stream.read(1 << 20):
+            pass
+    assert not connection.check()
+    stream.close()
+    connection.close()
+
+
 def test_truncations_at_random_offsets_resume_to_the_exact_bytes(
     tmp_path: Path, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -52,6 +52,8 @@ class FileFTPServer:
         self.commands: list[str] = []
         # False: SIZE is refused (550), as servers that deny it do.
         self.size_allowed = True
+        # Fault injection: reply codes never sent (say "226": a transfer whose end is never confirmed).
+        self.withheld_replies: set[str] = set()
         self._lock = threading.Lock()
         self._handlers: set[Any] = set()
         authorizer = DummyAuthorizer()
@@ -102,6 +104,10 @@ class FileFTPServer:
 
             def on_file_sent(self, file: str) -> None:
                 server.retrieved.append(file)
+
+            def respond(self, resp: str, *args: Any, **kwargs: Any) -> None:
+                if resp[:3] not in server.withheld_replies:
+                    super().respond(resp, *args, **kwargs)
 
             def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
                 server.commands.append("PASS" if cmd == "PASS" else line)
