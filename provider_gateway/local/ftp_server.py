@@ -1,8 +1,10 @@
 """An FTP (or FTPS) server on loopback for the demo and the tests (pyftpdlib).
 
 It serves a directory and counts what a provider operator would watch:
-control sessions in all, the most open at once, and logins. It can drop
-every control connection, as a provider restarting would.
+control sessions in all, the most open at once, logins and the commands
+received. It can drop every control connection, as a provider restarting
+would, and break things on purpose: abort a transfer partway, go silent,
+refuse SIZE, or never send a reply (a transfer's 226, say).
 """
 
 from __future__ import annotations
