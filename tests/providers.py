@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -38,6 +41,9 @@ class Provider:
     drop_sessions: Callable[[], int]
     notes: list[str] = field(default_factory=list)
     non_ascii_names: bool = True
+    # cut(name, at): the next transfer of ``name`` breaks after about ``at`` bytes, and the server
+    # withholds the size where its protocol allows; returns a check that the cut happened.
+    cut: Callable[[str, int], Callable[[], bool]] | None = None
 
 
 @contextmanager
@@ -61,6 +67,7 @@ def http_provider(tmp: Path) -> Iterator[Provider]:
             sessions_total=lambda: server.connections_total,
             logins=lambda: server.connections_total,
             drop_sessions=lambda: 0,
+            cut=lambda name, at: _fraction_cut(server.resets, "/data/" + name, at / len(server.files["/data/" + name])),
         )
 
 
@@ -69,10 +76,13 @@ def ftp_provider(tmp: Path, tls: bool) -> Iterator[Provider]:
     root = tmp / "ftp-root"
     root.mkdir()
     cert = None
+    tls_keys: dict[str, Any] = {}
     if tls:
         authority = trustme.CA()
         cert = tmp / "ftp-cert.pem"
         authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(cert))
+        authority.cert_pem.write_to_path(str(tmp / "ftp-ca.pem"))
+        tls_keys = {"ca_bundle": str(tmp / "ftp-ca.pem")}
     kind = "ftps" if tls else "ftp"
     with FileFTPServer(root, tls_cert=cert) as server:
 
@@ -83,6 +93,7 @@ def ftp_provider(tmp: Path, tls: bool) -> Iterator[Provider]:
                 "port": server.port,
                 "username": "provider",
                 "password": "secret" if valid else "wrong",
+                **tls_keys,
             }
 
         yield Provider(
@@ -94,7 +105,40 @@ def ftp_provider(tmp: Path, tls: bool) -> Iterator[Provider]:
             sessions_total=lambda: server.sessions_total,
             logins=lambda: server.logins,
             drop_sessions=server.drop_sessions,
+            cut=lambda name, at: _ftp_cut(server, name, at),
         )
+
+
+def _fraction_cut(resets: dict[str, list[float]], key: str, fraction: float) -> Callable[[], bool]:
+    resets[key] = [fraction]
+    return lambda: resets[key] == []
+
+
+def _ftp_cut(server: FileFTPServer, name: str, at: int) -> Callable[[], bool]:
+    server.size_allowed = False
+    return _fraction_cut(server.resets, name, at / (server.root / name).stat().st_size)
+
+
+def _proxy_cut(proxy: CountingProxy, at: int) -> Callable[[], bool]:
+    proxy.cuts = [proxy.relayed + at]
+    return lambda: proxy.cuts == []
+
+
+def _gridftp_cut(server: GridftpServer, at: int) -> Callable[[], bool]:
+    """Kill the session process once it has read ``at`` bytes (its data connections bypass the proxy)."""
+    killed: list[int] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            for pid in server.session_pids():
+                if server.bytes_read(pid) > at:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.005)
+
+    threading.Thread(target=watch, name="gridftp-cut", daemon=True).start()
+    return lambda: bool(killed)
 
 
 @contextmanager
@@ -133,6 +177,7 @@ def sftp_provider(tmp: Path) -> Iterator[Provider]:
             sessions_total=lambda: proxy.total,
             logins=lambda: sshd.logins,
             drop_sessions=proxy.drop,
+            cut=lambda name, at: _proxy_cut(proxy, at),
         )
 
 
@@ -210,6 +255,7 @@ def gridftp_provider(tmp: Path) -> Iterator[Provider]:
             drop_sessions=proxy.drop,
             # globus-gridftp-server drops the bytes of a command that are not ASCII.
             non_ascii_names=False,
+            cut=lambda name, at: _gridftp_cut(server, at),
         )
 
 

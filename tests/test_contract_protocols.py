@@ -147,3 +147,28 @@ def test_wrong_size_or_checksum_is_integrity_error_and_leaves_nothing(
     assert words in json.loads(done["cause"])["files"][0]["error"]
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_data_ending_early_without_a_known_size_is_never_a_short_success(
+    gateway: GatewayFactory, provider: Provider, sfn: Any, s3: Any, bucket: str, activity: str
+) -> None:
+    """The data stops partway and the request names no size: resumed to the exact bytes, or failed."""
+    if provider.cut is None:
+        pytest.skip(f"the {provider.kind} test provider cannot break a transfer: {provider.notes}")
+    data = os.urandom(24 * MiB + 321)
+    provider.put("cut.nc", data)
+    happened = provider.cut("cut.nc", 9 * MiB)
+
+    done = _run(
+        gateway, provider, sfn, activity, download_message([(provider.url("cut.nc"), bucket, "cut.nc")]), part_size_mb=5
+    )
+
+    assert happened(), "the planned break never happened"
+    if done["status"] == "SUCCEEDED":
+        (entry,) = json.loads(done["output"])["payload"]["files"]
+        assert entry["bytes"] == len(data), entry
+        body = s3.get_object(Bucket=bucket, Key="cut.nc")["Body"].read()
+        assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest(), f"{len(body)} of {len(data)} bytes"
+    else:
+        assert "Contents" not in s3.list_objects_v2(Bucket=bucket), done
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

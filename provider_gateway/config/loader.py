@@ -140,6 +140,8 @@ def _conn(data: Any, path: str) -> ConnConfig:
             password=f.take("password", str, None),
             passive=f.take("passive", bool, True),
             timeout_s=f.take("timeout_s", float, 30.0, at_least(1)),
+            verify_tls=f.take("verify_tls", bool, True),
+            ca_bundle=f.take("ca_bundle", str, None),
         )
     elif kind == "gridftp":
         conn = _gridftp(f)

@@ -47,6 +47,8 @@ class FtpConnConfig:
     password: str | None = secret()
     passive: bool = True
     timeout_s: float = 30.0
+    verify_tls: bool = True  # ftps: the certificate and host name, checked before logging in
+    ca_bundle: str | None = None  # ftps: CA certificates (PEM) to verify against instead of the system's
 
 
 @dataclass(frozen=True)

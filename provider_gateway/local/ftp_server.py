@@ -1,8 +1,10 @@
 """An FTP (or FTPS) server on loopback for the demo and the tests (pyftpdlib).
 
 It serves a directory and counts what a provider operator would watch:
-control sessions in all, the most open at once, and logins. It can drop
-every control connection, as a provider restarting would.
+control sessions in all, the most open at once, logins and the commands
+received. It can drop every control connection, as a provider restarting
+would, and break things on purpose: abort a transfer partway, go silent,
+refuse SIZE, or never send a reply (a transfer's 226, say).
 """
 
 from __future__ import annotations
@@ -45,6 +47,15 @@ class FileFTPServer:
         self.bytes_served = 0
         # Fault injection: file name -> fractions of the file at which to abort the transfer, once each.
         self.resets: dict[str, list[float]] = {}
+        # Fault injection: file name -> fraction at which the whole server goes silent until ``release`` is set.
+        self.stalls: dict[str, float] = {}
+        self.release = threading.Event()
+        # Every command line received, in order (PASS without its argument).
+        self.commands: list[str] = []
+        # False: SIZE is refused (550), as servers that deny it do.
+        self.size_allowed = True
+        # Fault injection: reply codes never sent (say "226": a transfer whose end is never confirmed).
+        self.withheld_replies: set[str] = set()
         self._lock = threading.Lock()
         self._handlers: set[Any] = set()
         authorizer = DummyAuthorizer()
@@ -96,6 +107,17 @@ class FileFTPServer:
             def on_file_sent(self, file: str) -> None:
                 server.retrieved.append(file)
 
+            def respond(self, resp: str, *args: Any, **kwargs: Any) -> None:
+                if resp[:3] not in server.withheld_replies:
+                    super().respond(resp, *args, **kwargs)
+
+            def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+                server.commands.append("PASS" if cmd == "PASS" else line)
+                if cmd == "SIZE" and not server.size_allowed:
+                    self.respond("550 SIZE not allowed here.")
+                    return
+                super().pre_process_command(line, cmd, arg)
+
         if tls_cert is not None:
             CountingHandler.certfile = str(tls_cert)
             CountingHandler.tls_control_required = True
@@ -137,6 +159,7 @@ class FileFTPServer:
         return self
 
     def stop(self) -> None:
+        self.release.set()
         self._server.close_all()
 
     def __enter__(self) -> FileFTPServer:
@@ -168,6 +191,10 @@ class _FaultyFile:
     def read(self, amount: int = -1) -> bytes:
         position = self._file.tell()
         data: bytes = self._file.read(amount)
+        stall = self._server.stalls.get(self._name)
+        if stall is not None and position < int(self._size * stall) <= position + len(data):
+            del self._server.stalls[self._name]
+            self._server.release.wait(60)  # the server's only thread: nothing moves until released
         pending = self._server.resets.get(self._name, [])
         for fraction in sorted(pending):
             at = int(self._size * fraction)

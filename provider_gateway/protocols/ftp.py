@@ -1,29 +1,50 @@
 """FTP and FTPS (explicit TLS) providers: one logged-in ``ftplib.FTP`` reused for every file.
 
-A file is streamed with ``transfercmd("RETR ...", rest=offset)``; when its
-data connection ends cleanly, the closing reply is read so that the control
-connection is ready for the next file. A stream closed early, or any
-transport error, marks the connection broken: :meth:`FtpConnection.check`
-then says so, and the owner replaces it (closing it first, so the provider
-never sees one connection more). An idle connection is checked with NOOP
-before reuse.
+A file is streamed with ``transfercmd("RETR ...", rest=offset)``. A transfer
+is complete only when the server says so: when the data connection ends, the
+closing reply is read, and only 226 or 250 make :meth:`FtpStream.read`
+return ``b""``. Anything else (426, 451, 522, no reply within the read
+timeout, a closed control connection, a data connection that fails) raises
+SourceUnavailable with the server's words, so the copy resumes with REST and
+a truncated file never becomes an object. Such a break, a stream closed
+early, or any transport error marks the connection broken:
+:meth:`FtpConnection.check` then says so, and the owner replaces it. An idle
+connection is checked with NOOP before reuse.
+
+FTPS verifies the server's certificate and host name (``verify_tls``,
+``ca_bundle``) during AUTH TLS, before the user name or password is sent; a
+certificate that fails is SourceAccessDenied, never retried. Data
+connections resume the control connection's TLS session, as servers that
+require session reuse (vsftpd's default) demand.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import socket
 import ssl
 import time
 
 from provider_gateway.config.model import FtpConnConfig
-from provider_gateway.errors import GatewayError, SourceAccessDenied, SourceNotFound, SourceUnavailable
+from provider_gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    SourceAccessDenied,
+    SourceNotFound,
+    SourceUnavailable,
+)
 from provider_gateway.messages import url_path
 from provider_gateway.protocols.base import ConnectionSettings
 
 # Checked with NOOP before reuse after this long without traffic.
 IDLE_CHECK_S = 15.0
+# After a data connection failed, how long to wait for the server's reply that says why.
+BREAK_REPLY_WAIT_S = 5.0
+COMPLETE_REPLIES = ("226", "250")
 _TRANSPORT_ERRORS = (OSError, EOFError, ftplib.error_temp, ftplib.error_reply, ftplib.error_proto)
+# A path holding one of these would end the command early and smuggle in another one.
+_COMMAND_BREAKERS = ("\r", "\n", "\x00")
 
 
 def translate(exc: BaseException, what: str) -> GatewayError:
@@ -38,33 +59,98 @@ def translate(exc: BaseException, what: str) -> GatewayError:
         if code in ("550", "450", "553"):
             return SourceNotFound(f"{what}: {text}")
         return SourceAccessDenied(f"{what}: {text}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # Nothing changes on a second try: answered at once, not retried.
+        return SourceAccessDenied(f"{what}: certificate verify failed: {exc.verify_message}")
     if isinstance(exc, ssl.SSLError):
         return SourceUnavailable(f"{what}: TLS failed: {exc}")
     return SourceUnavailable(f"{what}: {text or type(exc).__name__}")
 
 
-class FtpStream:
-    """One RETR's data connection."""
+def tls_context(conn: FtpConnConfig) -> ssl.SSLContext:
+    """The TLS settings of an ftps provider: verified against ``ca_bundle`` (else the system's CAs)."""
+    if not conn.verify_tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    try:
+        return ssl.create_default_context(cafile=conn.ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise SourceAccessDenied(f"ca_bundle {conn.ca_bundle}: cannot be read: {exc}") from exc
 
-    def __init__(self, owner: FtpConnection, data: socket.socket, size: int | None) -> None:
+
+class SessionReusingFTP_TLS(ftplib.FTP_TLS):  # noqa: N801 - named after ftplib's class
+    """FTP_TLS whose data connections resume the control connection's TLS session.
+
+    vsftpd (``require_ssl_reuse=YES``, its default) and proftpd
+    (``TLSOptions`` without ``NoSessionReuseRequired``) refuse a data
+    connection that starts a TLS session of its own, as a check that the
+    data connection comes from the client that logged in.
+    """
+
+    def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, int | None]:
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        control = self.sock
+        # TLS 1.3 is left on, on purpose. Its session comes in a ticket the server sends just after
+        # the handshake; the client takes it in when it reads the next record, so once the login
+        # replies are read, ``control.session`` holds it, and OpenSSL servers accept that one ticket
+        # for every data connection (checked against vsftpd 3.0.3 on OpenSSL 3: session_reused
+        # True, transfer after transfer). Capping at TLS 1.2, the usual workaround for clients that
+        # take the session too early, would break that same vsftpd: its default ssl_ciphers
+        # (DES-CBC3-SHA) leaves OpenSSL 3 no TLS 1.2 cipher at all, and the handshake fails.
+        if isinstance(control, ssl.SSLSocket):
+            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=control.session)
+        return conn, size
+
+
+def checked_path(url: str) -> str:
+    """The decoded path of ``url``; InvalidRequest if it would break an FTP command line."""
+    path = url_path(url)
+    if any(c in path for c in _COMMAND_BREAKERS):
+        raise InvalidRequest(f"the FTP path {path!r} holds CR, LF or NUL, which no FTP command can carry")
+    return path
+
+
+def shutdown(sock: socket.socket | None) -> None:
+    """Shut ``sock`` down for both directions, from any thread; a closed socket is left alone.
+
+    ``socket.socket.shutdown`` is called on the TCP socket itself: for TLS,
+    ``SSLSocket.shutdown`` would also drop its TLS state under a thread
+    that may be reading through it.
+    """
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class FtpStream:
+    """One RETR's data connection; ``b""`` only once the server confirmed the transfer."""
+
+    def __init__(self, owner: FtpConnection, data: socket.socket, size: int | None, what: str) -> None:
         self._owner = owner
         self._data = data
         self.size = size
-        self._ended = False
+        self._what = what
+        self._complete = False
 
     def read(self, amount: int) -> bytes:
+        if self._complete:
+            return b""
         try:
             piece = self._data.recv(amount)
         except _TRANSPORT_ERRORS as exc:
-            self._owner.broken = True
-            raise translate(exc, "reading the data connection") from exc
-        if not piece:
-            self._ended = True
-        return piece
+            raise self._owner.transfer_broken(self._what, exc) from exc
+        if piece:
+            return piece
+        self._owner.transfer_ended(self._what)
+        self._complete = True
+        return b""
 
     def close(self) -> None:
-        self._data.close()
-        self._owner.finish_transfer(clean=self._ended)
+        if not self._complete:
+            self._owner.transfer_broken(self._what, None)
 
 
 class FtpConnection:
@@ -74,22 +160,25 @@ class FtpConnection:
         self._conn = conn
         self._timeout = settings.read_timeout_s
         self.broken = False
-        self._ftp = self._login()
+        self._data: socket.socket | None = None
+        self._ftp: ftplib.FTP = (
+            SessionReusingFTP_TLS(context=tls_context(conn), timeout=self._timeout)
+            if conn.type == "ftps"
+            else ftplib.FTP(timeout=self._timeout)
+        )
+        self._ftp.encoding = "utf-8"
+        self._login()
         self._last_used = time.monotonic()
 
-    def _login(self) -> ftplib.FTP:
-        conn = self._conn
-        ftp: ftplib.FTP = (
-            ftplib.FTP_TLS(timeout=self._timeout) if conn.type == "ftps" else ftplib.FTP(timeout=self._timeout)
-        )
-        ftp.encoding = "utf-8"
+    def _login(self) -> None:
+        conn, ftp = self._conn, self._ftp
         where = f"{conn.type}://{conn.host}:{conn.port}"
         try:
             ftp.connect(conn.host, conn.port, timeout=conn.timeout_s)
             assert ftp.sock is not None  # connect() succeeded
             ftp.sock.settimeout(self._timeout)
             if isinstance(ftp, ftplib.FTP_TLS):
-                ftp.auth()
+                ftp.auth()  # the certificate is verified here, before any credential is sent
             ftp.login(conn.username, conn.password or "")
             if isinstance(ftp, ftplib.FTP_TLS):
                 ftp.prot_p()  # the data channel is encrypted too
@@ -98,21 +187,22 @@ class FtpConnection:
         except (ftplib.error_perm, *_TRANSPORT_ERRORS) as exc:
             ftp.close()
             raise translate(exc, where) from exc
-        return ftp
 
     def open(self, url: str, offset: int = 0) -> FtpStream:
-        path = url_path(url)
+        path = checked_path(url)
+        what = f"RETR {path}"
         try:
             size = self._size(path)
-            data = self._ftp.transfercmd(f"RETR {path}", rest=offset or None)
+            data = self._ftp.transfercmd(what, rest=offset or None)
         except ftplib.error_perm as exc:
-            raise translate(exc, f"RETR {path}") from exc
+            raise translate(exc, what) from exc
         except _TRANSPORT_ERRORS as exc:
             self.broken = True
-            raise translate(exc, f"RETR {path}") from exc
+            raise translate(exc, what) from exc
         data.settimeout(self._timeout)
+        self._data = data
         self._last_used = time.monotonic()
-        return FtpStream(self, data, size)
+        return FtpStream(self, data, size, what)
 
     def _size(self, path: str) -> int | None:
         try:
@@ -120,16 +210,55 @@ class FtpConnection:
         except ftplib.error_perm:
             return None  # no SIZE support, or not a file: RETR says which
 
-    def finish_transfer(self, clean: bool) -> None:
-        """Read the transfer's closing reply, or give the connection up if it ended early."""
+    def transfer_ended(self, what: str) -> None:
+        """The data connection ended: SourceUnavailable unless the closing reply is 226 or 250."""
+        self._close_data(tls_goodbye=True)
         self._last_used = time.monotonic()
-        if not clean:
+        reply = self._closing_reply(self._timeout)
+        if reply[:3] not in COMPLETE_REPLIES:
             self.broken = True
-            return
+            raise SourceUnavailable(f"{what}: the transfer did not complete: {reply}")
+
+    def transfer_broken(self, what: str, exc: BaseException | None) -> SourceUnavailable | GatewayError:
+        """Give up a transfer that failed (``exc``) or was closed early (None); the connection is spent."""
+        self.broken = True
+        self._close_data(tls_goodbye=False)
+        self._last_used = time.monotonic()
+        if exc is None:
+            return SourceUnavailable(f"{what}: closed before the end")
+        error = translate(exc, f"{what}: the data connection failed")
+        if isinstance(exc, TimeoutError):
+            return error  # a stalled server has nothing more to say either
+        reply = self._closing_reply(min(self._timeout, BREAK_REPLY_WAIT_S))
+        return type(error)(f"{error.message}; the server said: {reply}")
+
+    def _closing_reply(self, timeout: float) -> str:
+        """The server's reply ending a transfer, or what stood in for it."""
+        sock = self._ftp.sock
         try:
-            self._ftp.voidresp()
-        except (ftplib.error_perm, *_TRANSPORT_ERRORS):
-            self.broken = True
+            if sock is None:
+                raise EOFError
+            sock.settimeout(timeout)
+            return self._ftp.getresp().strip()
+        except (ftplib.error_temp, ftplib.error_perm, ftplib.error_reply, ftplib.error_proto) as exc:
+            return str(exc).strip()
+        except TimeoutError:
+            return f"no reply within {timeout:g} s"
+        except (OSError, EOFError) as exc:
+            return f"the control connection closed{f' ({exc})' if str(exc) else ''}"
+        finally:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(self._timeout)
+
+    def _close_data(self, tls_goodbye: bool) -> None:
+        data, self._data = self._data, None
+        if data is None:
+            return
+        if tls_goodbye and isinstance(data, ssl.SSLSocket):
+            with contextlib.suppress(OSError, ValueError):
+                data.unwrap()  # answers the server's close_notify, as ftplib does
+        data.close()
 
     def check(self) -> bool:
         if self.broken:
@@ -144,7 +273,17 @@ class FtpConnection:
         self._last_used = time.monotonic()
         return True
 
+    def abort(self) -> None:
+        """Cut the data and control connections from another thread: a blocked read ends at once.
+
+        Only ``shutdown`` is called here; the owner's thread closes the sockets.
+        """
+        self.broken = True
+        shutdown(self._data)
+        shutdown(self._ftp.sock)
+
     def close(self) -> None:
+        self._close_data(tls_goodbye=False)
         try:
             if not self.broken:
                 self._ftp.quit()
