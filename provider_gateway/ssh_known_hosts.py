@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import paramiko
+from paramiko.pkey import UnknownKeyType
 
 REVOKED = "revoked"
 CERT_AUTHORITY = "cert-authority"
@@ -139,7 +140,7 @@ def decode_key(kind: str, body: str) -> paramiko.PKey:
     try:
         blob = base64.b64decode(body, validate=True)
         key: paramiko.PKey = paramiko.PKey.from_type_string(kind, blob)
-    except (binascii.Error, paramiko.SSHException, ValueError, TypeError, IndexError) as exc:
+    except (binascii.Error, paramiko.SSHException, UnknownKeyType, ValueError, TypeError, IndexError) as exc:
         raise HostKeyError(f"not a valid {kind[:40]} key: {exc}") from None
     if key.get_name() != kind:
         raise HostKeyError(f"the key is {key.get_name()}, not {kind[:40]}")
