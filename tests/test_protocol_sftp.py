@@ -10,16 +10,20 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
 
+from provider_gateway import one_file
 from provider_gateway.config.model import SftpConnConfig
 from provider_gateway.errors import SourceAccessDenied, SourceNotFound, SourceUnavailable
 from provider_gateway.local.sftp_server import InProcessSFTPServer
 from provider_gateway.protocols.base import ConnectionSettings
 from provider_gateway.protocols.sftp import PIECE, WINDOW_PIECES, SftpConnection
-from tests.servers import SSHD, STOCK_HOST_KEYS, Sshd, keygen
+from tests.conftest import GatewayFactory
+from tests.servers import SSHD, STOCK_HOST_KEYS, CountingProxy, Sshd, keygen
+from tests.support import create_state_machine, download_message, start, wait_done
 
 KEY_PASSPHRASE = "correct horse"
 
@@ -285,3 +289,45 @@ def test_abort_before_any_read_leaves_the_connection_broken(server: InProcessSFT
     connection.abort()
     assert not connection.check()
     connection.close()
+
+
+@needs_sshd
+@pytest.mark.parametrize("case", ["another key", "no key of the pinned type"])
+def test_a_host_key_failure_ends_the_copy_and_the_task_at_once(
+    case: str,
+    stock_sshd: Sshd,
+    tmp_path: Path,
+    s3: Any,
+    bucket: str,
+    gateway: GatewayFactory,
+    sfn: Any,
+    activity: str,
+) -> None:
+    (tmp_path / "f.bin").write_bytes(b"payload")
+    with contextlib.ExitStack() as stack:
+        if case == "another key":
+            sshd = stock_sshd
+            pinned = Path(f"{keygen(tmp_path / 'other', 'ecdsa')}.pub").read_text().rsplit(" ", 1)[0]
+            message = "host key mismatch"
+        else:
+            sshd = Sshd(tmp_path / "ed25519-only")
+            stack.callback(sshd.stop)
+            pinned, message = stock_sshd.key_line("rsa"), "no host key of the pinned types (ssh-rsa)"
+        proxy = CountingProxy(sshd.port)
+        stack.callback(proxy.close)
+        url = f"sftp://127.0.0.1:{proxy.port}{tmp_path / 'f.bin'}"
+        conn = sshd_conn(sshd, port=proxy.port, host_key=pinned)
+
+        source = one_file.Source(conn=conn, url=url)
+        outcome = one_file.download(source, one_file.file_request(source, bucket, "f.bin"), s3, threading.Event())
+        assert outcome.result.error_code == "SourceAccessDenied", outcome.result
+        assert message in (outcome.result.error or "")
+        assert (proxy.total, outcome.seconds < 2) == (1, True)  # one attempt, no backoff
+
+        gateway(activity, {k: v for k, v in conn.__dict__.items() if v is not None})
+        machine = create_state_machine(sfn, activity)
+        done = wait_done(sfn, start(sfn, machine, download_message([(url, bucket, "f.bin")])))
+        assert (done["status"], done["error"]) == ("FAILED", "SourceAccessDenied"), done
+        assert message in done["cause"]
+        assert proxy.total == 2  # the task's one connection, never retried
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
