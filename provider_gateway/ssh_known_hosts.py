@@ -58,6 +58,12 @@ class HostKeys:
     def is_revoked(self, key: paramiko.PKey) -> bool:
         return any(same_key(key, r) for r in self.revoked)
 
+    def with_key(self, key: paramiko.PKey) -> HostKeys:
+        """These keys and ``key`` (a ``host_key`` setting), unless it is revoked."""
+        if self.is_revoked(key):
+            return self
+        return HostKeys((*self.trusted, key), self.revoked, self.authority_lines)
+
 
 def lookup_name(host: str, port: int) -> str:
     """The name OpenSSH looks a host up by: ``host`` on port 22, else ``[host]:port``."""
@@ -147,6 +153,14 @@ def decode_key(kind: str, body: str) -> paramiko.PKey:
     return key
 
 
+def decode_setting(text: str) -> paramiko.PKey:
+    """A ``host_key`` setting, ``TYPE BASE64`` as on a known_hosts line without the host."""
+    parts = text.split()
+    if len(parts) < 2:
+        raise HostKeyError("must be 'TYPE BASE64', as on a known_hosts line without the host")
+    return decode_key(parts[0], parts[1])
+
+
 def same_key(a: paramiko.PKey, b: paramiko.PKey) -> bool:
     return a.get_name() == b.get_name() and a.asbytes() == b.asbytes()
 
@@ -195,3 +209,37 @@ def _pattern_list_match(patterns: str, name: str) -> bool:
 def _pattern(pattern: str) -> re.Pattern[str]:
     pieces = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower())
     return re.compile("".join(pieces), re.DOTALL)
+
+
+def settings_problem(
+    known_hosts_file: str | None, host_key: str | None, host: str, port: int
+) -> tuple[str, str] | None:
+    """The first problem of an sftp provider's host key settings, as (setting, message), or None.
+
+    A known_hosts file that does not exist yet is left to the connection, which
+    refuses it then; one that exists must trust the host through a key.
+    """
+    key = None
+    if host_key:
+        try:
+            key = decode_setting(host_key)
+        except HostKeyError as exc:
+            return "host_key", str(exc)
+    if not known_hosts_file:
+        return None
+    try:
+        with open(known_hosts_file, encoding="utf-8", errors="replace") as file:
+            text = file.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return "known_hosts_file", f"cannot read {known_hosts_file}: {exc.strerror}"
+    pinned = host_keys(parse(text), host, port)
+    if key is not None:
+        pinned = pinned.with_key(key)
+    problem = unsupported_authority(pinned, host, port)
+    if problem:
+        return "known_hosts_file", problem
+    if not pinned.trusted:
+        return "known_hosts_file", f"no usable (unrevoked) key for {lookup_name(host, port)} in {known_hosts_file}"
+    return None

@@ -37,9 +37,7 @@ def free_port() -> int:
 def keygen(path: Path, kind: str = "ed25519") -> Path:
     """A new passphrase-less key pair of ``kind`` (ed25519, ecdsa, rsa) at ``path`` (and ``path.pub``)."""
     size = ["-b", "2048"] if kind == "rsa" else []
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", kind, *size, "-N", "", "-f", str(path)], check=True, capture_output=True
-    )
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, *size, "-N", "", "-f", str(path)], check=True, capture_output=True)
     return path
 
 

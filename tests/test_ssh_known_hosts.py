@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 
 from provider_gateway import ssh_known_hosts
 from tests.servers import keygen
+from tests.support import cli_path, write_config
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH's ssh-keygen")
 
+ARN = "arn:aws:states:us-east-1:123456789012:activity:unused"
 FOUND = re.compile(r"^# Host \S+ found: line (\d+) ?(REVOKED|CA)?$")
 HOSTS = ["a.example", "b.example", "A.Example", "127.0.0.1", "::1", "x-y.example.org"]
 ATOMS = [
@@ -157,3 +159,33 @@ def test_fingerprints_are_openssh_sha256(keys: dict[str, str], tmp_path: Path) -
         expected = done.stdout.split()[1]
         assert ssh_known_hosts.fingerprint(ssh_known_hosts.decode_key(*line.split())) == expected
         assert expected.startswith("SHA256:")
+
+
+def validate(tmp_path: Path, **conn: object) -> subprocess.CompletedProcess[str]:
+    conn_config = {"type": "sftp", "host": "h.example", "port": 2222, "username": "u", "password": "pw", **conn}
+    gateway = {"activity_arn": ARN, "conn_config": conn_config, "num_connections": 1}
+    config = write_config(tmp_path / "collections.yml", [{"id": "P", "gateway_config": gateway}])
+    return subprocess.run([cli_path(), "validate", "--config", str(config)], capture_output=True, text=True)
+
+
+def test_validate_refuses_host_key_settings_no_connection_could_use(keys: dict[str, str], tmp_path: Path) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    cases = {
+        "a CA line only": ([f"@cert-authority [*.example]:2222 {keys['rsa']}"], "@cert-authority is not supported"),
+        "a revoked key": ([f"[h.example]:2222 {keys['rsa']}", f"@revoked * {keys['rsa']}"], "no usable"),
+        "the port-22 name": ([f"h.example {keys['rsa']}"], "no usable (unrevoked) key for [h.example]:2222"),
+        "junk only": (["@bogus", "h.example ssh-rsa AAAA"], "no usable"),
+    }
+    for case, (lines, message) in cases.items():
+        known_hosts.write_text("\n".join(lines) + "\n")
+        done = validate(tmp_path, known_hosts_file=str(known_hosts))
+        assert done.returncode == 2, (case, done.stdout, done.stderr)
+        assert "conn_config.known_hosts_file" in done.stderr and message in done.stderr, (case, done.stderr)
+        assert "Traceback" not in done.stderr
+
+    bad_key = validate(tmp_path, host_key="ssh-ed25519 AAAAnotakey")
+    assert bad_key.returncode == 2 and "conn_config.host_key: not a valid ssh-ed25519 key" in bad_key.stderr
+
+    known_hosts.write_text(f"@cert-authority * {keys['ed25519']}\n[h.example]:2222 {keys['rsa']}\n")
+    assert validate(tmp_path, known_hosts_file=str(known_hosts)).returncode == 0
+    assert validate(tmp_path, known_hosts_file=str(tmp_path / "absent")).returncode == 0  # checked on connect

@@ -16,7 +16,6 @@ import errno
 import socket
 import stat
 from collections.abc import Iterator
-from dataclasses import replace
 
 import paramiko
 from paramiko.ssh_exception import IncompatiblePeer
@@ -199,9 +198,7 @@ class SftpConnection:
                 raise SourceAccessDenied(f"{self._where}: cannot read known_hosts_file: {exc.strerror}") from exc
         pinned = ssh_known_hosts.host_keys(entries, conn.host, conn.port)
         if conn.host_key:
-            key = parse_host_key(conn.host_key)
-            if not pinned.is_revoked(key):
-                pinned = replace(pinned, trusted=(*pinned.trusted, key))
+            pinned = pinned.with_key(parse_host_key(conn.host_key))
         problem = ssh_known_hosts.unsupported_authority(pinned, conn.host, conn.port)
         if problem:
             raise SourceAccessDenied(f"{self._where}: known_hosts_file {problem}")
@@ -263,10 +260,7 @@ class SftpConnection:
 
 def parse_host_key(text: str) -> paramiko.PKey:
     """A ``host_key`` setting (``"ssh-ed25519 AAAA..."``, as in known_hosts) as a key."""
-    parts = text.split()
-    if len(parts) < 2:
-        raise SourceAccessDenied("host_key must be 'TYPE BASE64'")
     try:
-        return ssh_known_hosts.decode_key(parts[0], parts[1])
+        return ssh_known_hosts.decode_setting(text)
     except ssh_known_hosts.HostKeyError as exc:
         raise SourceAccessDenied(f"host_key: {exc}") from exc
