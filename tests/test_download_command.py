@@ -19,6 +19,8 @@ import pytest
 import trustme
 from pytest_httpserver import HTTPServer
 
+from provider_gateway.config.model import FtpConnConfig
+from provider_gateway.local.ftp_server import FileFTPServer
 from provider_gateway.local.http_server import FileHTTPServer
 from tests.providers import provider_for
 from tests.servers import SSHD, STOCK_HOST_KEYS, Sshd, keygen
@@ -395,3 +397,26 @@ def test_key_and_ca_options_are_refused_where_they_cannot_apply(
         aws_env, "https://127.0.0.1:9/x", f"s3://{bucket}/k", "--config", str(pem), "--ca-bundle", str(pem)
     )
     assert with_config.returncode == 2 and "are for a URL without --config" in with_config.stderr
+
+
+@pytest.mark.skipif(
+    "ca_bundle" not in FtpConnConfig.__dataclass_fields__, reason="ftps has no ca_bundle setting in this build"
+)
+def test_ca_bundle_verifies_an_ftps_url(tmp_path: Path, aws_env: dict[str, str], s3: Any, bucket: str) -> None:
+    authority = trustme.CA()
+    cert = tmp_path / "ftp-cert.pem"
+    authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(cert))
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    root = tmp_path / "ftp-root"
+    root.mkdir()
+    (root / "f.bin").write_bytes(b"ftps bytes")
+    with FileFTPServer(root, tls_cert=cert) as server:
+        url = f"ftps://provider:secret@127.0.0.1:{server.port}/f.bin"
+        trusted = run_download(aws_env, url, f"s3://{bucket}/f.bin", "--ca-bundle", str(ca_file))
+        untrusted = run_download(aws_env, url, f"s3://{bucket}/u.bin")
+        logins = server.logins
+    assert trusted.returncode == 0, trusted.stderr
+    assert s3.get_object(Bucket=bucket, Key="f.bin")["Body"].read() == b"ftps bytes"
+    assert untrusted.returncode == 4 and "certificate verify failed" in json_line(untrusted)["error"].lower()
+    assert logins == 1  # the unverified server never saw the password
