@@ -103,9 +103,9 @@ def parse_line(raw: str, number: int = 1) -> Entry | None:
 def host_keys(entries: Iterable[Entry], host: str, port: int) -> HostKeys:
     """The keys ``entries`` pin and revoke for ``host:port``.
 
-    A revoked key is refused wherever it is listed, for any host; like
-    OpenSSH, ``@revoked`` lines are matched against the host too, and
-    ``@revoked *`` covers every host.
+    As in OpenSSH, an ``@revoked`` line applies to the hosts it names
+    (``@revoked *`` to all), and a revoked key is never trusted for them,
+    even where another line lists it.
     """
     name = lookup_name(host, port)
     trusted: list[paramiko.PKey] = []
