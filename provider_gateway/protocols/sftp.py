@@ -254,6 +254,8 @@ class SftpConnection:
     def close(self) -> None:
         try:
             self._sftp.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the session is gone already (dropped, or abort()); the transport is closed below
         finally:
             self._transport.close()
 
