@@ -179,6 +179,16 @@ def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--size", callback=_size_option, help="Expected size in bytes; a different size fails.")
 @click.option("--known-hosts", callback=_blank_is_none, help="known_hosts file for an sftp URL without --config.")
 @click.option(
+    "--identity-file",
+    callback=_blank_is_none,
+    help="Private key for an sftp URL without --config (default: ssh-agent, then ~/.ssh/id_*, as ssh).",
+)
+@click.option(
+    "--ca-bundle",
+    callback=_blank_is_none,
+    help="CA certificates (PEM) to verify an https or ftps URL without --config.",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal)."
 )
 def download(
@@ -190,6 +200,8 @@ def download(
     checksum: str | None,
     size: int | None,
     known_hosts: str | None,
+    identity_file: str | None,
+    ca_bundle: str | None,
     progress: bool | None,
 ) -> None:
     """Copy one file from SOURCE_URL to TARGET (s3://BUCKET/KEY), without Step Functions.
@@ -198,12 +210,15 @@ def download(
     2 bad usage or InvalidRequest, 3 SourceNotFound, 4 SourceAccessDenied,
     5 SourceUnavailable, 6 IntegrityError, 7 TargetWriteFailed,
     8 GatewayShutdown (SIGTERM), 1 anything else. A TARGET key ending in /
-    gets the file name of the URL.
+    gets the file name of the URL. ftp and sftp URL paths are absolute from
+    the server's root (sftp://user@host/home/user/f.h5).
     """
     from provider_gateway.download_command import run_download
 
     if provider_id and not config_location:
         raise click.UsageError("--provider needs --config")
+    if config_location and (known_hosts or identity_file or ca_bundle):
+        raise click.UsageError("--known-hosts, --identity-file and --ca-bundle are for a URL without --config")
     config = _load(config_location, resolve_activities=False) if config_location else None
     sys.exit(
         run_download(
@@ -215,6 +230,8 @@ def download(
             checksum=checksum,
             size=size,
             known_hosts=known_hosts,
+            identity_file=identity_file,
+            ca_bundle=ca_bundle,
             progress=sys.stderr.isatty() if progress is None else progress,
         )
     )

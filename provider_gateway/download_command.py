@@ -31,10 +31,17 @@ def run_download(
     size: int | None,
     known_hosts: str | None,
     progress: bool,
+    identity_file: str | None = None,
+    ca_bundle: str | None = None,
 ) -> int:
     """Copy ``source_url`` to ``target``; print the JSON result line; return the exit status."""
     try:
-        source = _source(source_url, config, provider_id, known_hosts)
+        if config is None:
+            source = one_file.source_from_url(source_url, known_hosts, identity_file, ca_bundle)
+        else:
+            source = one_file.source_from_provider(
+                one_file.choose_provider(config, source_url, provider_id).gateway, source_url
+            )
         bucket, key = one_file.s3_target(target, source.url)
         request = one_file.file_request(
             source,
@@ -70,13 +77,6 @@ def run_download(
     if not result.success:
         click.echo(f"error: {result.error_code}: {result.error}", err=True)
     return one_file.exit_status(result.error_code)
-
-
-def _source(url: str, config: Config | None, provider_id: str | None, known_hosts: str | None) -> one_file.Source:
-    if config is None:
-        return one_file.source_from_url(url, known_hosts)
-    provider = one_file.choose_provider(config, url, provider_id)
-    return one_file.source_from_provider(provider.gateway, url)
 
 
 def _refused(source_url: str, target: str, exc: GatewayError) -> int:

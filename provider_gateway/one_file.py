@@ -104,35 +104,47 @@ def choose_provider(config: Config, url: str, provider_id: str | None) -> Provid
     return matching[0]
 
 
-def source_from_url(url: str, known_hosts_file: str | None = None) -> Source:
+def source_from_url(
+    url: str,
+    known_hosts_file: str | None = None,
+    identity_file: str | None = None,
+    ca_bundle: str | None = None,
+) -> Source:
     """Connection settings read off the URL alone: scheme, host, port and any ``user:password@``.
 
     The credentials are moved out of the URL into the connection settings, so
     they are sent only to that host and never logged. An sftp URL needs a user
-    name and a known host key (``known_hosts_file``, else ``~/.ssh/known_hosts``).
+    name and a known host key (``known_hosts_file``, else ``~/.ssh/known_hosts``);
+    it logs in with ``identity_file``, else the password, else as ``ssh`` does
+    (ssh-agent's keys, then ``~/.ssh/id_rsa``, ``id_ecdsa``, ``id_ed25519``).
+    ``ca_bundle`` verifies an https or ftps server against these CA certificates.
+    ftp and sftp paths are absolute from the server's root.
     """
     parts = _split(url)
     scheme = parts.scheme.lower()
     host = parts.hostname or ""
     if not host:
         raise InvalidRequest(f"{redact_url(url)} names no host")
+    _check_option_files(scheme, identity_file, ca_bundle)
     user = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
     netloc = parts.netloc.rpartition("@")[2]
     bare = urlunsplit((scheme, netloc, parts.path, parts.query, ""))
     conn: ConnConfig
     if scheme in ("http", "https"):
-        conn = HttpConnConfig(type=scheme, host=netloc, username=user, password=password)  # type: ignore[arg-type]
+        conn = HttpConnConfig(type=scheme, host=netloc, username=user, password=password, ca_bundle=ca_bundle)  # type: ignore[arg-type]
     elif scheme in ("ftp", "ftps"):
+        ftp: dict[str, Any] = {"ca_bundle": ca_bundle} if ca_bundle else {}
         conn = FtpConnConfig(
             type=scheme,  # type: ignore[arg-type]
             host=host,
             port=parts.port or 21,
             username=user or "anonymous",
             password=password,
+            **ftp,
         )
     elif scheme == "sftp":
-        conn = _sftp_from_url(parts, host, user, password, known_hosts_file)
+        conn = _sftp_from_url(parts, host, user, password, known_hosts_file, identity_file)
     elif scheme == "gsiftp":
         # The X.509 credential comes from the standard X509_* variables, as for globus-url-copy itself.
         conn = GridftpConnConfig(type="gridftp", host=host, port=parts.port or 2811, username=user)
@@ -142,6 +154,19 @@ def source_from_url(url: str, known_hosts_file: str | None = None) -> Source:
         )
     check_url(conn, bare)
     return Source(conn=conn, url=bare)
+
+
+def _check_option_files(scheme: str, identity_file: str | None, ca_bundle: str | None) -> None:
+    for option, path, schemes in (
+        ("--identity-file", identity_file, ("sftp",)),
+        ("--ca-bundle", ca_bundle, ("https", "ftps")),
+    ):
+        if path is None:
+            continue
+        if scheme not in schemes:
+            raise InvalidRequest(f"{option} applies to {' and '.join(schemes)} URLs, not {scheme}")
+        if not Path(path).is_file():
+            raise InvalidRequest(f"{option}: no file at {path}")
 
 
 def _split(url: str) -> SplitResult:
@@ -154,7 +179,12 @@ def _split(url: str) -> SplitResult:
 
 
 def _sftp_from_url(
-    parts: SplitResult, host: str, user: str | None, password: str | None, known_hosts_file: str | None
+    parts: SplitResult,
+    host: str,
+    user: str | None,
+    password: str | None,
+    known_hosts_file: str | None,
+    identity_file: str | None,
 ) -> SftpConnConfig:
     if not user:
         raise InvalidRequest("an sftp URL needs a user name (sftp://user@host/path), or use --config")
@@ -167,6 +197,7 @@ def _sftp_from_url(
         port=parts.port or 22,
         username=user,
         password=password,
+        private_key_file=identity_file,
         known_hosts_file=known_hosts,
     )
 

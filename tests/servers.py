@@ -34,21 +34,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def keygen(path: Path) -> Path:
-    """A new passphrase-less ed25519 key pair at ``path`` (and ``path.pub``)."""
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, capture_output=True)
+def keygen(path: Path, kind: str = "ed25519") -> Path:
+    """A new passphrase-less key pair of ``kind`` (ed25519, ecdsa, rsa) at ``path`` (and ``path.pub``)."""
+    size = ["-b", "2048"] if kind == "rsa" else []
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, *size, "-N", "", "-f", str(path)], check=True, capture_output=True)
     return path
 
 
-class Sshd:
-    """OpenSSH's sshd on a loopback port, with its own config, host key and authorized key."""
+# The host keys of a stock OpenSSH install.
+STOCK_HOST_KEYS = ("rsa", "ecdsa", "ed25519")
 
-    def __init__(self, workdir: Path) -> None:
+
+class Sshd:
+    """OpenSSH's sshd on a loopback port, with its own config, host keys and authorized key.
+
+    ``host_key_types`` picks the host keys; the first is ``host_key``.
+    """
+
+    def __init__(self, workdir: Path, host_key_types: tuple[str, ...] = ("ed25519",)) -> None:
         if SSHD is None:
             raise RuntimeError("OpenSSH sshd is not installed")
         self.dir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.host_key = keygen(workdir / "host_key")
+        self.host_keys = {kind: keygen(workdir / f"host_{kind}_key", kind) for kind in host_key_types}
+        self.host_key = self.host_keys[host_key_types[0]]
         self.client_key = keygen(workdir / "client_key")
         self.other_key = keygen(workdir / "unauthorized_key")
         (workdir / "authorized_keys").write_text((workdir / "client_key.pub").read_text())
@@ -56,10 +65,11 @@ class Sshd:
         self.port = free_port()
         self.log_path = workdir / "sshd.log"
         config = workdir / "sshd_config"
+        host_key_lines = "\n".join(f"HostKey {path}" for path in self.host_keys.values())
         config.write_text(
             f"""Port {self.port}
 ListenAddress 127.0.0.1
-HostKey {self.host_key}
+{host_key_lines}
 PidFile {workdir}/sshd.pid
 AuthorizedKeysFile {workdir}/authorized_keys
 StrictModes no
@@ -86,9 +96,20 @@ MaxSessions 100
 
     @property
     def host_key_line(self) -> str:
-        """The server's public key, as ``conn_config.host_key`` takes it."""
-        kind, body = (self.dir / "host_key.pub").read_text().split()[:2]
-        return f"{kind} {body}"
+        """The server's (first) public key, as ``conn_config.host_key`` takes it."""
+        return self.key_line(next(iter(self.host_keys)))
+
+    def key_line(self, kind: str) -> str:
+        """The server's public key of ``kind`` (rsa, ecdsa, ed25519) as ``TYPE BASE64``."""
+        key_type, body = Path(f"{self.host_keys[kind]}.pub").read_text().split()[:2]
+        return f"{key_type} {body}"
+
+    def signal_sessions(self, signum: int) -> list[int]:
+        """Send ``signum`` to every session process of this sshd (SIGSTOP: it stalls, its sockets open)."""
+        pids = _descendants(self.proc.pid)
+        for pid in pids:
+            os.kill(pid, signum)
+        return pids
 
     @property
     def logins(self) -> int:
@@ -101,6 +122,14 @@ MaxSessions 100
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self._log.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_descendants(int(child))]
+    return found
 
 
 class CountingProxy:

@@ -5,15 +5,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import ssl
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
+from pytest_httpserver import HTTPServer
 
+from provider_gateway.config.model import FtpConnConfig
+from provider_gateway.local.ftp_server import FileFTPServer
 from provider_gateway.local.http_server import FileHTTPServer
 from tests.providers import provider_for
+from tests.servers import SSHD, STOCK_HOST_KEYS, Sshd, keygen
 from tests.support import cli_path, unique, write_config
 
 ARN = "arn:aws:states:us-east-1:123456789012:activity:unused"
@@ -249,3 +259,164 @@ def test_sigterm_aborts_the_upload_and_exits_with_gateway_shutdown(
     assert line["error_code"] == "GatewayShutdown"
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+# --- URLs without --config: every server the URL can name ----------------------------------------
+
+needs_sshd = pytest.mark.skipif(SSHD is None and not os.environ.get("CI"), reason="needs OpenSSH sshd")
+
+
+@pytest.fixture(scope="module")
+def stock_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """A key-only sshd with RSA, ECDSA and ed25519 host keys, as a stock OpenSSH install has."""
+    sshd = Sshd(tmp_path_factory.mktemp("sshd"), host_key_types=STOCK_HOST_KEYS)
+    yield sshd
+    sshd.stop()
+
+
+def home_with(tmp_path: Path, sshd: Sshd, identity: Path | None = None) -> Path:
+    """A HOME whose ~/.ssh pins only the server's RSA key and holds ``identity`` as id_ed25519."""
+    ssh = tmp_path / unique("home") / ".ssh"
+    ssh.mkdir(parents=True)
+    (ssh / "known_hosts").write_text(f"[127.0.0.1]:{sshd.port} {sshd.key_line('rsa')}\n")
+    if identity is not None:
+        shutil.copy(identity, ssh / "id_ed25519")
+        (ssh / "id_ed25519").chmod(0o600)
+    return ssh.parent
+
+
+def download_as(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [cli_path(), "download", *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@needs_sshd
+def test_an_sftp_url_logs_in_with_a_key_as_ssh_would(
+    stock_sshd: Sshd, tmp_path: Path, aws_env: dict[str, str], s3: Any, bucket: str
+) -> None:
+    data = os.urandom(MiB + 3)
+    (tmp_path / "f.bin").write_bytes(data)
+    url = f"sftp://{stock_sshd.user}@127.0.0.1:{stock_sshd.port}{tmp_path / 'f.bin'}"
+    base = {**os.environ, **aws_env, "SSH_AUTH_SOCK": ""}
+    bare_home = home_with(tmp_path, stock_sshd)
+
+    given = download_as(
+        {**base, "HOME": str(bare_home)}, url, f"s3://{bucket}/given", "--identity-file", str(stock_sshd.client_key)
+    )
+    default = download_as(
+        {**base, "HOME": str(home_with(tmp_path, stock_sshd, stock_sshd.client_key))}, url, f"s3://{bucket}/default"
+    )
+    none = download_as({**base, "HOME": str(bare_home)}, url, f"s3://{bucket}/none")
+    with ssh_agent(tmp_path, stock_sshd.client_key) as socket_path:
+        agent = download_as({**base, "HOME": str(bare_home), "SSH_AUTH_SOCK": socket_path}, url, f"s3://{bucket}/agent")
+
+    for done, key in ((given, "given"), (default, "default"), (agent, "agent")):
+        assert done.returncode == 0, (key, done.stdout, done.stderr)
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+    assert none.returncode == 4, none.stderr
+    assert "no key was accepted" in json_line(none)["error"] and "none found" in json_line(none)["error"]
+    assert stock_sshd.logins >= 3
+
+
+@contextmanager
+def ssh_agent(tmp_path: Path, key: Path) -> Iterator[str]:
+    """A running ssh-agent holding ``key``; yields its socket."""
+    socket_path = str(tmp_path / unique("agent"))
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", socket_path], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not Path(socket_path).exists():
+            assert time.monotonic() < deadline and agent.poll() is None, "ssh-agent did not start"
+            time.sleep(0.02)
+        subprocess.run(
+            ["ssh-add", str(key)], env={**os.environ, "SSH_AUTH_SOCK": socket_path}, check=True, capture_output=True
+        )
+        yield socket_path
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
+@needs_sshd
+def test_an_sftp_directory_or_an_unpinned_host_fails_at_once(
+    stock_sshd: Sshd, tmp_path: Path, aws_env: dict[str, str], bucket: str
+) -> None:
+    env = {**os.environ, **aws_env, "SSH_AUTH_SOCK": "", "HOME": str(home_with(tmp_path, stock_sshd))}
+    key = ["--identity-file", str(stock_sshd.client_key)]
+    folder = f"sftp://{stock_sshd.user}@127.0.0.1:{stock_sshd.port}{tmp_path}"
+    directory = download_as(env, folder, f"s3://{bucket}/d", *key)
+    other = tmp_path / "other_known_hosts"
+    impostor_key = Path(f"{keygen(tmp_path / 'k', 'rsa')}.pub").read_text()
+    other.write_text(f"[127.0.0.1]:{stock_sshd.port} {impostor_key}")
+    impostor = download_as(env, f"{folder}/x", f"s3://{bucket}/x", *key, "--known-hosts", str(other))
+    assert (directory.returncode, json_line(directory)["error_code"]) == (3, "SourceNotFound"), directory.stderr
+    assert "is a directory" in json_line(directory)["error"]
+    assert (impostor.returncode, json_line(impostor)["error_code"]) == (4, "SourceAccessDenied")
+    assert "SHA256:" in json_line(impostor)["error"]
+    for done in (directory, impostor):
+        assert json_line(done)["seconds"] < 3  # answered at once, not after retries
+
+
+def test_ca_bundle_verifies_an_https_url(tmp_path: Path, aws_env: dict[str, str], s3: Any, bucket: str) -> None:
+    authority = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    server = HTTPServer(host="127.0.0.1", ssl_context=context)
+    server.expect_request("/s.bin").respond_with_data(b"secure bytes")
+    server.start()
+    try:
+        url = server.url_for("/s.bin")
+        trusted = run_download(aws_env, url, f"s3://{bucket}/s.bin", "--ca-bundle", str(ca_file))
+        untrusted = run_download(aws_env, url, f"s3://{bucket}/u.bin")
+    finally:
+        server.clear()
+        server.stop()
+    assert url.startswith("https://") and trusted.returncode == 0, trusted.stderr
+    assert s3.get_object(Bucket=bucket, Key="s.bin")["Body"].read() == b"secure bytes"
+    assert untrusted.returncode != 0 and "certificate verify failed" in json_line(untrusted)["error"].lower()
+
+
+def test_key_and_ca_options_are_refused_where_they_cannot_apply(
+    tmp_path: Path, aws_env: dict[str, str], bucket: str
+) -> None:
+    pem = tmp_path / "ca.pem"
+    pem.write_text("x")
+    cases = [
+        (["http://127.0.0.1:9/x", "--ca-bundle", str(pem)], "--ca-bundle applies to https and ftps URLs, not http"),
+        (["sftp://u@127.0.0.1:9/x", "--ca-bundle", str(pem)], "--ca-bundle applies to https and ftps URLs, not sftp"),
+        (["ftp://127.0.0.1:9/x", "--identity-file", str(pem)], "--identity-file applies to sftp URLs, not ftp"),
+        (["https://127.0.0.1:9/x", "--ca-bundle", str(tmp_path / "absent.pem")], "--ca-bundle: no file at"),
+    ]
+    for args, message in cases:
+        done = run_download(aws_env, args[0], f"s3://{bucket}/k", *args[1:])
+        assert done.returncode == 2 and message in json_line(done)["error"], (args, done.stdout, done.stderr)
+    with_config = run_download(
+        aws_env, "https://127.0.0.1:9/x", f"s3://{bucket}/k", "--config", str(pem), "--ca-bundle", str(pem)
+    )
+    assert with_config.returncode == 2 and "are for a URL without --config" in with_config.stderr
+
+
+@pytest.mark.skipif(
+    "ca_bundle" not in FtpConnConfig.__dataclass_fields__, reason="ftps has no ca_bundle setting in this build"
+)
+def test_ca_bundle_verifies_an_ftps_url(tmp_path: Path, aws_env: dict[str, str], s3: Any, bucket: str) -> None:
+    authority = trustme.CA()
+    cert = tmp_path / "ftp-cert.pem"
+    authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(cert))
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    root = tmp_path / "ftp-root"
+    root.mkdir()
+    (root / "f.bin").write_bytes(b"ftps bytes")
+    with FileFTPServer(root, tls_cert=cert) as server:
+        url = f"ftps://provider:secret@127.0.0.1:{server.port}/f.bin"
+        trusted = run_download(aws_env, url, f"s3://{bucket}/f.bin", "--ca-bundle", str(ca_file))
+        untrusted = run_download(aws_env, url, f"s3://{bucket}/u.bin")
+        logins = server.logins
+    assert trusted.returncode == 0, trusted.stderr
+    assert s3.get_object(Bucket=bucket, Key="f.bin")["Body"].read() == b"ftps bytes"
+    assert untrusted.returncode == 4 and "certificate verify failed" in json_line(untrusted)["error"].lower()
+    assert logins == 1  # the unverified server never saw the password

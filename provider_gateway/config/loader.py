@@ -26,6 +26,7 @@ from provider_gateway.config.model import (
 )
 from provider_gateway.config.yaml_source import ResourceRef, parse_yaml, read_text
 from provider_gateway.errors import ConfigError
+from provider_gateway.ssh_known_hosts import settings_problem
 
 ResourceResolver = Callable[[str], str]
 
@@ -187,6 +188,11 @@ def _sftp(f: Fields) -> SftpConnConfig:
             f"{f.key_path('known_hosts_file')}: sftp needs known_hosts_file or host_key "
             "(or insecure_skip_host_key_check: true)"
         )
+    problem = None
+    if not conn.insecure_skip_host_key_check:
+        problem = settings_problem(conn.known_hosts_file, conn.host_key, conn.host, conn.port)
+    if problem:
+        raise ConfigError(f"{f.key_path(problem[0])}: {problem[1]}")
     return conn
 
 

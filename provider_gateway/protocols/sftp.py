@@ -11,18 +11,20 @@ about half as fast.
 
 from __future__ import annotations
 
-import base64
-import binascii
+import contextlib
 import errno
 import socket
+import stat
 from collections.abc import Iterator
-from typing import Any
 
 import paramiko
+from paramiko.ssh_exception import IncompatiblePeer
 
+from provider_gateway import ssh_known_hosts
 from provider_gateway.config.model import SftpConnConfig
 from provider_gateway.errors import GatewayError, SourceAccessDenied, SourceNotFound, SourceUnavailable
 from provider_gateway.messages import url_path
+from provider_gateway.protocols import ssh_identities
 from provider_gateway.protocols.base import ConnectionSettings
 
 # One SFTP read request per piece, of OpenSSH's largest read (255 KiB): paramiko's 32 KiB
@@ -107,6 +109,7 @@ class SftpConnection:
         self._conn = conn
         self._timeout = settings.read_timeout_s
         self.broken = False
+        self._sock: socket.socket | None = None
         self._transport = self._connect()
         try:
             sftp = paramiko.SFTPClient.from_transport(self._transport)
@@ -126,19 +129,26 @@ class SftpConnection:
 
     def _connect(self) -> paramiko.Transport:
         conn = self._conn
+        pinned = self._pinned_keys()
         try:
             sock = socket.create_connection((conn.host, conn.port), timeout=conn.timeout_s)
             # Each SFTP exchange is a small packet: without this, every one waits out a delayed ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             raise translate(exc, self._where) from exc
+        self._sock = sock
         transport = paramiko.Transport(sock)
         try:
             options = transport.get_security_options()
             preferred = [c for c in PREFERRED_CIPHERS if c in options.ciphers]
             options.ciphers = tuple(preferred + [c for c in options.ciphers if c not in preferred])
-            transport.start_client(timeout=conn.timeout_s)
-            self._check_host_key(transport.get_remote_server_key())
+            if pinned is not None and pinned.trusted:
+                # As OpenSSH does: ask for the key types known for this host, so a server that also
+                # has keys of other types shows one that can be checked.
+                options.key_types = ssh_known_hosts.algorithms_for(pinned.trusted, options.key_types)
+            self._start(transport, pinned)
+            if pinned is not None:
+                self._check_host_key(transport.get_remote_server_key(), pinned)
             self._authenticate(transport)
         except GatewayError:
             transport.close()
@@ -148,33 +158,51 @@ class SftpConnection:
             raise translate(exc, self._where) from exc
         return transport
 
-    def _check_host_key(self, key: paramiko.PKey) -> None:
-        conn = self._conn
-        if conn.insecure_skip_host_key_check:
-            return
-        expected = self._expected_keys()
-        offered = f"{key.get_name()} {key.get_base64()}"
-        if not expected:
+    def _start(self, transport: paramiko.Transport, pinned: ssh_known_hosts.HostKeys | None) -> None:
+        try:
+            transport.start_client(timeout=self._conn.timeout_s)
+        except IncompatiblePeer as exc:
+            if pinned is None or "host key" not in str(exc):
+                raise
+            kinds = ", ".join(sorted({k.get_name() for k in pinned.trusted}))
             raise SourceAccessDenied(
-                f"{self._where}: host key {key.get_name()} is not known (no entry in known_hosts_file/host_key)"
+                f"{self._where}: host key check failed: the server has no host key of the pinned types ({kinds})"
+            ) from exc
+
+    def _check_host_key(self, key: paramiko.PKey, pinned: ssh_known_hosts.HostKeys) -> None:
+        offered = f"{key.get_name()} {ssh_known_hosts.fingerprint(key)}"
+        if pinned.is_revoked(key):
+            raise SourceAccessDenied(f"{self._where}: host key check failed: the server's key {offered} is revoked")
+        if not pinned.trusted:
+            raise SourceAccessDenied(
+                f"{self._where}: host key check failed: the server's key {offered} is not known "
+                "(no entry in known_hosts_file/host_key)"
             )
-        if not any(k.get_name() == key.get_name() and k.asbytes() == key.asbytes() for k in expected):
-            fingerprint = base64.b64encode(key.get_fingerprint()).decode()
+        if not any(ssh_known_hosts.same_key(key, k) for k in pinned.trusted):
             raise SourceAccessDenied(
-                f"{self._where}: host key mismatch: the server offered {offered.split()[0]} "
-                f"(MD5 fingerprint {fingerprint}), which is not the configured key"
+                f"{self._where}: host key check failed: the server offered {offered}, "
+                "which is not the configured key (host key mismatch)"
             )
 
-    def _expected_keys(self) -> list[paramiko.PKey]:
+    def _pinned_keys(self) -> ssh_known_hosts.HostKeys | None:
+        """The keys configured for this host; None when host keys are not checked."""
         conn = self._conn
-        keys: list[paramiko.PKey] = []
-        if conn.host_key:
-            keys.append(parse_host_key(conn.host_key))
+        if conn.insecure_skip_host_key_check:
+            return None
+        entries: list[ssh_known_hosts.Entry] = []
         if conn.known_hosts_file:
-            known = paramiko.HostKeys(conn.known_hosts_file)
-            name = conn.host if conn.port == 22 else f"[{conn.host}]:{conn.port}"
-            keys.extend((known.lookup(name) or {}).values())
-        return keys
+            try:
+                with open(conn.known_hosts_file, encoding="utf-8", errors="replace") as file:
+                    entries = ssh_known_hosts.parse(file.read())
+            except OSError as exc:
+                raise SourceAccessDenied(f"{self._where}: cannot read known_hosts_file: {exc.strerror}") from exc
+        pinned = ssh_known_hosts.host_keys(entries, conn.host, conn.port)
+        if conn.host_key:
+            pinned = pinned.with_key(parse_host_key(conn.host_key))
+        problem = ssh_known_hosts.unsupported_authority(pinned, conn.host, conn.port)
+        if problem:
+            raise SourceAccessDenied(f"{self._where}: known_hosts_file {problem}")
+        return pinned
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
         conn = self._conn
@@ -190,6 +218,9 @@ class SftpConnection:
             except paramiko.AuthenticationException:
                 if not conn.password:
                     raise
+        elif not conn.password:
+            ssh_identities.authenticate(transport, conn.username)
+            return
         transport.auth_password(conn.username, conn.password or "")
 
     def open(self, url: str, offset: int = 0) -> SftpStream:
@@ -197,7 +228,11 @@ class SftpConnection:
         try:
             handle = self._sftp.open(path, "rb")
             handle.MAX_REQUEST_SIZE = PIECE
-            size = handle.stat().st_size
+            attributes = handle.stat()
+            if attributes.st_mode is not None and stat.S_ISDIR(attributes.st_mode):
+                handle.close()
+                raise SourceNotFound(f"{path}: is a directory, not a file")
+            size = attributes.st_size
             if size is None:
                 raise OSError(f"{path}: the server gave no size")
         except (OSError, EOFError, paramiko.SSHException) as exc:
@@ -209,20 +244,25 @@ class SftpConnection:
     def check(self) -> bool:
         return not self.broken and self._transport.is_active()
 
+    def abort(self) -> None:
+        """Shut the socket down under paramiko: a read blocked on it ends with SourceUnavailable."""
+        self.broken = True
+        if self._sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                self._sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         try:
             self._sftp.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the session is gone already (dropped, or abort()); the transport is closed below
         finally:
             self._transport.close()
 
 
 def parse_host_key(text: str) -> paramiko.PKey:
     """A ``host_key`` setting (``"ssh-ed25519 AAAA..."``, as in known_hosts) as a key."""
-    parts = text.split()
-    if len(parts) < 2:
-        raise SourceAccessDenied(f"host_key must be 'TYPE BASE64', got {text[:40]!r}")
     try:
-        key: Any = paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1]))
-    except (binascii.Error, paramiko.SSHException, ValueError) as exc:
-        raise SourceAccessDenied(f"host_key is not a valid {parts[0]} key: {exc}") from exc
-    return key  # type: ignore[no-any-return]
+        return ssh_known_hosts.decode_setting(text)
+    except ssh_known_hosts.HostKeyError as exc:
+        raise SourceAccessDenied(f"host_key: {exc}") from exc
