@@ -172,7 +172,7 @@ def test_a_password_in_a_task_url_is_never_in_the_message(url: str) -> None:
 
 def test_a_password_in_a_sidecar_url_is_never_in_the_message() -> None:
     checksum = {"type": "md5", "url": "https://alice:pa55-w0rd@elsewhere.org/a.md5"}
-    with pytest.raises(InvalidRequest, match="checksum.url") as caught:
+    with pytest.raises(InvalidRequest, match=r"checksum\.url") as caught:
         parse_download_task(
             download([{"source": {"url": URL, "checksum": checksum}, "target": "FROM_CONFIG"}], **OUTPUT), CHECK
         )
