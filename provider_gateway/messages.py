@@ -177,7 +177,8 @@ class _PointerPolicy:
     payload_bucket: str | None
 
     def buckets(self) -> tuple[str, ...]:
-        return (*self.allowed_buckets, *((self.payload_bucket,) if self.payload_bucket else ()))
+        extra = (self.payload_bucket,) if self.payload_bucket else ()
+        return tuple(dict.fromkeys((*self.allowed_buckets, *extra)))
 
     def follow(self, pointer: dict[str, Any]) -> Any:
         bucket, key = pointer["Bucket"], pointer["Key"]
