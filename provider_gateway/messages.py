@@ -311,10 +311,10 @@ def target_from_config(output: dict[str, Any], url: str, message: dict[str, Any]
     except ValueError:
         name = ""
     if name in ("", ".", ".."):
-        raise InvalidRequest(f"{where}: the URL {_shown(_redacted(url))} names no file, so FROM_CONFIG has no key")
+        raise InvalidRequest(f"{where}: the URL {_shown(shown_url(url))} names no file, so FROM_CONFIG has no key")
     prefix = prefix.strip("/")
     key = f"{prefix}/{name}" if prefix else name
-    _check_key(key, f"{where}: the FROM_CONFIG key for {_shown(_redacted(url))}")
+    _check_key(key, f"{where}: the FROM_CONFIG key for {_shown(shown_url(url))}")
     return bucket, key
 
 
@@ -383,7 +383,7 @@ def _shown(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _redacted(url: str) -> str:
+def shown_url(url: str) -> str:
     """:func:`redact_url`, or a placeholder for a URL too broken to split: never raises."""
     try:
         return redact_url(url)
@@ -393,7 +393,7 @@ def _redacted(url: str) -> str:
 
 def _without_url_secret(text: str, url: str) -> str:
     """``text`` with every copy of ``url`` shown without its userinfo."""
-    shown = _redacted(url)
+    shown = shown_url(url)
     return text.replace(repr(url), repr(shown)).replace(url, shown) if shown != url else text
 
 
@@ -410,7 +410,7 @@ def file_output(entry: dict[str, Any], request: FileRequest, result: FileResult)
     out = copy.deepcopy(entry)
     holder = out["source"] if isinstance(out.get("source"), dict) else out
     if isinstance(holder.get("url"), str):
-        holder["url"] = _redacted(holder["url"])  # a password in a URL is not passed on
+        holder["url"] = shown_url(holder["url"])  # a password in a URL is not passed on
     out["target"] = {"bucket": request.bucket, "key": request.key}
     out.update(result_fields(result))
     return out
