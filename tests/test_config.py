@@ -14,6 +14,7 @@ import pytest
 
 from provider_gateway.config import HttpConnConfig, load_config, masked, parse_config
 from provider_gateway.errors import ConfigError
+from provider_gateway.local.http_server import FileHTTPServer
 from tests.support import cli_path, unique
 
 ARN = "arn:aws:states:us-east-1:123456789012:activity:HttpProvDownloadActivity"
@@ -469,3 +470,25 @@ def test_a_config_file_over_the_cap_is_refused_unread(tmp_path: Path) -> None:
     path.write_bytes(b"# " + b"x" * (5 * 1024 * 1024) + b"\nproviders: []\n")
     done = validate(path)
     assert done.returncode == 2 and "over 4194304 bytes" in done.stderr
+
+
+def test_download_with_provider_needs_only_that_providers_secrets(
+    tmp_path: Path, aws_env: dict[str, str], s3: Any, bucket: str
+) -> None:
+    with FileHTTPServer({"/d/a.h5": b"abc"}, basic_auth=("u", "pw")) as server:
+        path = tmp_path / "collections.yml"
+        shared = SHARED.replace("{type: https, host: a.example.org", "{type: http, host: " + server.host).replace(
+            'password: "${SERVED_PASSWORD}"', "password: pw"
+        )
+        path.write_text(shared)
+        env = {k: v for k, v in os.environ.items() if k not in ("OTHER_COMPONENT_SECRET", "NOT_SERVED_TOKEN")}
+        command = [cli_path(), "download", server.url("/d/a.h5"), f"s3://{bucket}/a.h5", "--config", str(path)]
+
+        served = subprocess.run(
+            [*command, "--provider", "SERVED"], capture_output=True, text=True, env={**env, **aws_env}, timeout=120
+        )
+        every = subprocess.run(command, capture_output=True, text=True, env={**env, **aws_env}, timeout=120)
+
+    assert served.returncode == 0, served.stderr
+    assert s3.get_object(Bucket=bucket, Key="a.h5")["Body"].read() == b"abc"
+    assert every.returncode == 2 and "NOT_SERVED_TOKEN is not set" in every.stderr
