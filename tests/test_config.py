@@ -337,6 +337,7 @@ SECRET = "Zq9-secret-Vx7"
         ({"host": "h.example.org", "headers": [SECRET]}, "conn_config.headers: must be a mapping, got a list"),
         ({"type": "ftp", "host": "f.example.org", "password": SECRET + "\r\nDELE x"}, "which FTP cannot carry"),
         ({"type": "ftp", "host": "f.example.org", "username": "u\x00", "password": SECRET}, "username: holds a NUL"),
+        ({"host": f"u:{SECRET}@h.example.org"}, "conn_config.host: must be a host name; credentials go in username"),
     ],
 )
 def test_credentials_that_cannot_be_carried_are_refused_without_showing_them(

@@ -245,6 +245,8 @@ def _gridftp(f: Fields) -> GridftpConnConfig:
 
 def _host_check(allow_port: bool) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
+        if "@" in value:  # user:password@host: the value is not shown
+            return "must be a host name; credentials go in username and password (the value is not shown)"
         if not _HOST.match(value):
             return f"must be a host name{' or name:port' if allow_port else ''}; got {value!r}"
         if not allow_port and urlsplit(f"//{value}").port is not None:
