@@ -332,9 +332,18 @@ SECRET = "Zq9-secret-Vx7"
         ({"host": "h.example.org", "token": SECRET + "\t"}, "conn_config.token: holds leading or trailing whitespace"),
         ({"host": "h.example.org", "username": "u", "password": SECRET + "\r"}, "conn_config.password: holds a line"),
         ({"host": "h.example.org", "username": "a:b", "password": SECRET}, "holds a colon"),
-        ({"host": "h.example.org", "password": 98765431}, "conn_config.password: must be a string, got a int"),
-        ({"host": "h.example.org", "token": ["x", SECRET]}, "conn_config.token: must be a string, got a list"),
-        ({"host": "h.example.org", "headers": [SECRET]}, "conn_config.headers: must be a mapping, got a list"),
+        (
+            {"host": "h.example.org", "password": 98765431},
+            "conn_config.password: must be a string, got a value of type int",
+        ),
+        (
+            {"host": "h.example.org", "token": ["x", SECRET]},
+            "conn_config.token: must be a string, got a value of type list",
+        ),
+        (
+            {"host": "h.example.org", "headers": [SECRET]},
+            "conn_config.headers: must be a mapping, got a value of type list",
+        ),
         ({"type": "ftp", "host": "f.example.org", "password": SECRET + "\r\nDELE x"}, "which FTP cannot carry"),
         ({"type": "ftp", "host": "f.example.org", "username": "u\x00", "password": SECRET}, "username: holds a NUL"),
         ({"host": f"u:{SECRET}@h.example.org"}, "conn_config.host: must be a host name; credentials go in username"),

@@ -81,7 +81,9 @@ class Fields:
             value = float(value)
         # bool is an int in Python, but "true" is not a valid num_connections.
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            shown = f"a {type(value).__name__} (not shown: a secret)" if key in self._secrets else repr(value)
+            shown = (
+                f"a value of type {type(value).__name__} (not shown: a secret)" if key in self._secrets else repr(value)
+            )
             raise ConfigError(f"{self.key_path(key)}: must be {_describe(kind)}, got {shown}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{self.key_path(key)}: must be a finite number, got {value}")
