@@ -24,12 +24,7 @@ def _load(location: str, providers: tuple[str, ...] = (), resolve_activities: bo
     clients = AwsClients()
     resolver = None if resolve_activities else unresolved_resources
     try:
-        config = load_config(location, resolver=resolver, s3_client_factory=clients.s3)
-        if providers:
-            missing = [p for p in providers if p not in {c.id for c in config.providers}]
-            if missing:
-                raise ConfigError(f"--provider: no provider {', '.join(missing)} in {location}")
-            config = Config(tuple(p for p in config.providers if p.id in providers))
+        config = load_config(location, resolver=resolver, s3_client_factory=clients.s3, providers=providers)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--config") from None
     return config
@@ -219,7 +214,8 @@ def download(
         raise click.UsageError("--provider needs --config")
     if config_location and (known_hosts or identity_file or ca_bundle):
         raise click.UsageError("--known-hosts, --identity-file and --ca-bundle are for a URL without --config")
-    config = _load(config_location, resolve_activities=False) if config_location else None
+    served = (provider_id,) if provider_id else ()
+    config = _load(config_location, served, resolve_activities=False) if config_location else None
     sys.exit(
         run_download(
             source_url,

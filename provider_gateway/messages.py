@@ -8,23 +8,28 @@ through untouched into the output.
 from __future__ import annotations
 
 import copy
-import json
 import posixpath
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from provider_gateway import json_input
 from provider_gateway.errors import InvalidRequest
 
 CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
 FROM_CONFIG = "FROM_CONFIG"
+MAX_OBJECT_SIZE = 5 * 1024**4  # S3's largest object: 5 TiB
+MAX_KEY_BYTES = 1024  # S3's longest key, in UTF-8 bytes
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.-]+)\}")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
-PointerReader = Callable[[str, str], Any]
-"""Reads the JSON document at (bucket, key): how an S3 payload pointer is followed."""
+PointerReader = Callable[[str, str, int], bytes]
+"""Reads at most ``limit`` bytes of the object at (bucket, key, limit): how an S3 payload pointer is followed."""
+RawInput = str | Mapping[str, Any] | None
+"""A task's input: JSON text (as Step Functions delivers it) or the object already decoded (a Lambda event)."""
 
 
 def redact_url(url: str) -> str:
@@ -102,17 +107,21 @@ class DownloadTask:
 
 
 def parse_download_task(
-    raw_input: str | None,
+    raw_input: RawInput,
     url_check: Callable[[str], object],
     allowed_buckets: tuple[str, ...] = (),
     read_pointer: PointerReader | None = None,
+    payload_bucket: str | None = None,
 ) -> DownloadTask:
     """Parse and check a download task's input; InvalidRequest says what is wrong.
 
     ``url_check`` raises InvalidRequest for URLs that are not the provider's.
+    An S3 payload pointer is followed only into ``allowed_buckets`` (when set)
+    and ``payload_bucket``, and only when it is at most
+    :data:`~provider_gateway.json_input.MAX_BYTES` long.
     """
     message = _json_object(raw_input)
-    payload = _payload(message, read_pointer)
+    payload = _payload(message, _PointerPolicy(read_pointer, allowed_buckets, payload_bucket))
     files = payload.get("files")
     if not isinstance(files, list) or not files:
         raise InvalidRequest("payload.files: must be a non-empty list of files")
@@ -121,10 +130,11 @@ def parse_download_task(
 
 
 def parse_sync_task(
-    raw_input: str | None,
+    raw_input: RawInput,
     url_check: Callable[[str], object],
     allowed_buckets: tuple[str, ...] = (),
     read_pointer: PointerReader | None = None,
+    payload_bucket: str | None = None,
 ) -> DownloadTask:
     """Parse a sync task: ``payload`` is a list of ``{url, version}`` (plus ``size``, ``checksum``).
 
@@ -132,10 +142,8 @@ def parse_sync_task(
     ``config.output`` or ``workflow_config_template.SyncHttpUrls.output``.
     """
     message = _json_object(raw_input)
-    payload = message.get("payload")
-    if isinstance(payload, dict) and set(payload) == {"Bucket", "Key"}:
-        payload = _payload(message, read_pointer, expect=list)
-    if not isinstance(payload, list) or not payload:
+    payload = _payload(message, _PointerPolicy(read_pointer, allowed_buckets, payload_bucket), expect=list)
+    if not payload:
         raise InvalidRequest("payload: a sync request's payload must be a non-empty list of {url, version}")
     if output_config(message, "SyncHttpUrls") is None:
         raise InvalidRequest("config.output (or workflow_config_template.SyncHttpUrls.output) is required for sync")
@@ -149,28 +157,57 @@ def parse_sync_task(
     return DownloadTask(message=message, payload=payload, files=tuple(files), entries=tuple(payload), kind="sync")
 
 
-def _json_object(raw_input: str | None) -> dict[str, Any]:
-    try:
-        message = json.loads(raw_input or "")
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"task input is not JSON: {exc}") from exc
+def _json_object(raw_input: RawInput) -> dict[str, Any]:
+    if raw_input is None or isinstance(raw_input, str):
+        message = json_input.load(raw_input or "", "task input")
+    else:
+        message = raw_input
+        json_input.check(message, "task input")
     if not isinstance(message, dict):
         raise InvalidRequest("task input must be a JSON object")
-    return message
+    return dict(message)
 
 
-def _payload(message: dict[str, Any], read_pointer: PointerReader | None, expect: type = dict) -> Any:
+@dataclass(frozen=True)
+class _PointerPolicy:
+    """How an S3 payload pointer may be followed: with what, and into which buckets."""
+
+    read: PointerReader | None
+    allowed_buckets: tuple[str, ...]
+    payload_bucket: str | None
+
+    def buckets(self) -> tuple[str, ...]:
+        extra = (self.payload_bucket,) if self.payload_bucket else ()
+        return tuple(dict.fromkeys((*self.allowed_buckets, *extra)))
+
+    def follow(self, pointer: dict[str, Any]) -> Any:
+        bucket, key = pointer["Bucket"], pointer["Key"]
+        if not isinstance(bucket, str) or not _BUCKET.match(bucket):
+            raise InvalidRequest(f"payload.Bucket: an S3 pointer needs a valid bucket name; got {_shown(bucket)}")
+        if not isinstance(key, str) or not key or len(key.encode()) > MAX_KEY_BYTES:
+            raise InvalidRequest(f"payload.Key: an S3 pointer needs a key of 1 to {MAX_KEY_BYTES} bytes")
+        if self.read is None:
+            raise InvalidRequest("payload: an S3 pointer cannot be followed here")
+        if bucket not in self.buckets():
+            allowed = ", ".join(self.buckets()) or "none: set payload_bucket or allowed_buckets"
+            raise InvalidRequest(f"payload.Bucket: S3 pointers are read only from allowed buckets ({allowed})")
+        limit, where = json_input.MAX_BYTES, _shown(f"s3://{bucket}/{key}")
+        try:
+            data = self.read(bucket, key, limit + 1)
+        except Exception as exc:  # botocore errors have many shapes; all mean "cannot read"
+            raise InvalidRequest(f"payload: cannot read the S3 pointer {where}: {exc}") from exc
+        return json_input.load(data, f"the payload at {where}", max_bytes=limit)
+
+
+def _payload(message: dict[str, Any], pointers: _PointerPolicy, expect: type = dict) -> Any:
     payload = message.get("payload")
     if isinstance(payload, dict) and set(payload) == {"Bucket", "Key"}:
-        if read_pointer is None:
-            raise InvalidRequest("payload: an S3 pointer cannot be followed here")
-        try:
-            payload = read_pointer(str(payload["Bucket"]), str(payload["Key"]))
-        except Exception as exc:
-            raise InvalidRequest(f"payload: cannot read S3 pointer: {exc}") from exc
+        payload = pointers.follow(payload)
     if not isinstance(payload, expect):
         raise InvalidRequest(
-            "payload: required, an object with a 'files' list" if expect is dict else "payload: must be a list"
+            "payload: required, an object with a 'files' list"
+            if expect is dict
+            else "payload: a sync request's payload must be a non-empty list of {url, version}"
         )
     return payload
 
@@ -188,17 +225,14 @@ def _file_request(
         raise InvalidRequest(f"{where}: must be an object")
     kind = entry.get("type", "download")
     if kind != "download":
-        raise InvalidRequest(f"{where}.type: only 'download' is supported, got {kind!r}")
+        raise InvalidRequest(f"{where}.type: only 'download' is supported, got {_shown(kind)}")
     source = entry.get("source")
     if not isinstance(source, dict):
         raise InvalidRequest(f"{where}.source: required, an object with 'url'")
     url = source.get("url")
     if not isinstance(url, str) or not url:
         raise InvalidRequest(f"{where}.source.url: required, a URL string")
-    try:
-        url_check(url)
-    except InvalidRequest as exc:
-        raise InvalidRequest(f"{where}.source.url: {exc.message}") from exc
+    _check_url(url_check, url, f"{where}.source.url")
     bucket, key = _target(entry.get("target"), url, message, where, template)
     if allowed_buckets and bucket not in allowed_buckets:
         raise InvalidRequest(f"{where}.target.bucket: bucket {bucket!r} is not in allowed_buckets")
@@ -213,29 +247,48 @@ def _file_request(
     )
 
 
+def _check_url(url_check: Callable[[str], object], url: str, where: str) -> None:
+    try:
+        url_check(url)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{where}: {_without_url_secret(exc.message, url)}") from exc
+    except ValueError as exc:  # a URL urllib cannot even split
+        raise InvalidRequest(f"{where}: not a valid URL: {_without_url_secret(str(exc), url)}") from exc
+
+
 def _target(target: Any, url: str, message: dict[str, Any], where: str, template: str) -> tuple[str, str]:
     if target == FROM_CONFIG:
         output = output_config(message, template)
         if output is None:
             raise InvalidRequest(
-                f"{where}.target: FROM_CONFIG needs config.output (or workflow_config_template.DownloadActivity.output)"
+                f"{where}.target: FROM_CONFIG needs config.output (or workflow_config_template.{template}.output)"
             )
         return target_from_config(output, url, message, f"{where}.target")
     if not isinstance(target, dict):
         raise InvalidRequest(f'{where}.target: required, {{bucket, key}} or "FROM_CONFIG"')
     bucket, key = target.get("bucket"), target.get("key")
     if not isinstance(bucket, str) or not _BUCKET.match(bucket):
-        raise InvalidRequest(f"{where}.target.bucket: required, a valid S3 bucket name; got {bucket!r}")
-    if not isinstance(key, str) or not key or len(key.encode()) > 1024:
-        raise InvalidRequest(f"{where}.target.key: required, a non-empty S3 key of at most 1024 bytes")
+        raise InvalidRequest(f"{where}.target.bucket: required, a valid S3 bucket name; got {_shown(bucket)}")
+    if not isinstance(key, str):
+        raise InvalidRequest(f"{where}.target.key: required, a non-empty S3 key of at most {MAX_KEY_BYTES} bytes")
+    _check_key(key, f"{where}.target.key")
     return bucket, key
+
+
+def _check_key(key: str, where: str) -> None:
+    if not key or len(key.encode()) > MAX_KEY_BYTES:
+        raise InvalidRequest(f"{where}: must be a non-empty S3 key of at most {MAX_KEY_BYTES} bytes")
+    control = _CONTROL.search(key)
+    if control:
+        raise InvalidRequest(f"{where}: holds the control character {control.group()!r}, which a key may not carry")
 
 
 def output_config(message: dict[str, Any], template_name: str) -> dict[str, Any] | None:
     """``config.output``, else ``workflow_config_template.<template_name>.output``."""
+    templates = message.get("workflow_config_template")
     for config in (
         message.get("config"),
-        (message.get("workflow_config_template") or {}).get(template_name),
+        templates.get(template_name) if isinstance(templates, dict) else None,
     ):
         output = config.get("output") if isinstance(config, dict) else None
         if isinstance(output, dict):
@@ -244,16 +297,25 @@ def output_config(message: dict[str, Any], template_name: str) -> dict[str, Any]
 
 
 def target_from_config(output: dict[str, Any], url: str, message: dict[str, Any], where: str) -> tuple[str, str]:
-    """The (bucket, key) that ``FROM_CONFIG`` means for ``url``."""
+    """The (bucket, key) that ``FROM_CONFIG`` means for ``url``.
+
+    The key ends with the decoded basename of the URL path, which must name a
+    file: not empty, ``.`` or ``..``, and without control characters.
+    """
     bucket = fill_placeholders(output.get("bucket"), message, f"{where}: config.output.bucket")
     prefix = fill_placeholders(output.get("key_prefix", ""), message, f"{where}: config.output.key_prefix")
     if not _BUCKET.match(bucket):
-        raise InvalidRequest(f"{where}: config.output.bucket is not a valid bucket name: {bucket!r}")
-    name = posixpath.basename(unquote(urlsplit(url).path))
-    if not name:
-        raise InvalidRequest(f"{where}: the URL {url!r} names no file, so FROM_CONFIG has no key")
+        raise InvalidRequest(f"{where}: config.output.bucket is not a valid bucket name: {_shown(bucket)}")
+    try:
+        name = posixpath.basename(url_path(url))
+    except ValueError:
+        name = ""
+    if name in ("", ".", ".."):
+        raise InvalidRequest(f"{where}: the URL {_shown(shown_url(url))} names no file, so FROM_CONFIG has no key")
     prefix = prefix.strip("/")
-    return bucket, f"{prefix}/{name}" if prefix else name
+    key = f"{prefix}/{name}" if prefix else name
+    _check_key(key, f"{where}: the FROM_CONFIG key for {_shown(shown_url(url))}")
+    return bucket, key
 
 
 def fill_placeholders(template: Any, message: dict[str, Any], where: str) -> str:
@@ -287,7 +349,9 @@ def _size(value: Any, where: str) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidRequest(f"{where}.source.size: must be a non-negative integer, got {value!r}")
+        raise InvalidRequest(f"{where}.source.size: must be a non-negative integer, got {_shown(value)}")
+    if value > MAX_OBJECT_SIZE:
+        raise InvalidRequest(f"{where}.source.size: {value} is over S3's largest object, 5 TiB ({MAX_OBJECT_SIZE})")
     return value
 
 
@@ -299,21 +363,38 @@ def _checksum(value: Any, where: str, url_check: Callable[[str], object]) -> Che
     algorithm, digest, sidecar = value.get("type"), value.get("value"), value.get("url")
     if algorithm not in CHECKSUM_ALGORITHMS:
         raise InvalidRequest(
-            f"{where}.source.checksum.type: must be one of {', '.join(CHECKSUM_ALGORITHMS)}; got {algorithm!r}"
+            f"{where}.source.checksum.type: must be one of {', '.join(CHECKSUM_ALGORITHMS)}; got {_shown(algorithm)}"
         )
     if sidecar is not None and digest is None:
         if not isinstance(sidecar, str):
             raise InvalidRequest(f"{where}.source.checksum.url: must be a URL string")
-        try:
-            url_check(sidecar)
-        except InvalidRequest as exc:
-            raise InvalidRequest(f"{where}.source.checksum.url: {exc.message}") from exc
+        _check_url(url_check, sidecar, f"{where}.source.checksum.url")
         return Checksum(algorithm=algorithm, value="", url=sidecar)
     if not isinstance(digest, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{HEX_LENGTHS[algorithm]}}}", digest):
         raise InvalidRequest(
             f"{where}.source.checksum.value: must be a {HEX_LENGTHS[algorithm]}-digit hex {algorithm} digest"
         )
     return Checksum(algorithm=algorithm, value=digest.lower())
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: a message stays readable whatever the input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def shown_url(url: str) -> str:
+    """:func:`redact_url`, or a placeholder for a URL too broken to split: never raises."""
+    try:
+        return redact_url(url)
+    except ValueError:
+        return "(an invalid URL)"
+
+
+def _without_url_secret(text: str, url: str) -> str:
+    """``text`` with every copy of ``url`` shown without its userinfo."""
+    shown = shown_url(url)
+    return text.replace(repr(url), repr(shown)).replace(url, shown) if shown != url else text
 
 
 def parse_sidecar(text: bytes, algorithm: str, where: str) -> str:
@@ -329,7 +410,7 @@ def file_output(entry: dict[str, Any], request: FileRequest, result: FileResult)
     out = copy.deepcopy(entry)
     holder = out["source"] if isinstance(out.get("source"), dict) else out
     if isinstance(holder.get("url"), str):
-        holder["url"] = redact_url(holder["url"])  # a password in a URL is not passed on
+        holder["url"] = shown_url(holder["url"])  # a password in a URL is not passed on
     out["target"] = {"bucket": request.bucket, "key": request.key}
     out.update(result_fields(result))
     return out

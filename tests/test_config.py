@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 
 from provider_gateway.config import HttpConnConfig, load_config, masked, parse_config
 from provider_gateway.errors import ConfigError
+from provider_gateway.local.http_server import FileHTTPServer
 from tests.support import cli_path, unique
 
 ARN = "arn:aws:states:us-east-1:123456789012:activity:HttpProvDownloadActivity"
@@ -257,3 +260,245 @@ def test_duplicate_provider_ids_are_refused() -> None:
     }
     with pytest.raises(ConfigError, match="duplicate provider id 'P'"):
         parse_config({"providers": [provider, provider]}, resolver=str)
+
+
+def write_gateway(tmp_path: Path, gateway: dict[str, Any], name: str = "collections.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps({"providers": [{"id": "P", "config": {"gateway_config": gateway}}]}))
+    return path
+
+
+def base_gateway(**conn: Any) -> dict[str, Any]:
+    return {"activity_arn": ARN, "conn_config": {"type": "http", **conn}, "num_connections": 2}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("num_connections", 1_000_000_000, "num_connections: must be from 1 to 256, got 1000000000"),
+        ("heartbeat_interval_s", ".inf", "heartbeat_interval_s: must be a finite number, got inf"),
+        ("heartbeat_interval_s", 86_400, "heartbeat_interval_s: must be from 1 to 3600"),
+        ("read_timeout_s", ".inf", "read_timeout_s: must be a finite number"),
+        ("read_timeout_s", ".nan", "read_timeout_s: must be a finite number, got nan"),
+        ("shutdown_grace_s", -1, "shutdown_grace_s: must be at least 0"),
+        ("shutdown_grace_s", 1e9, "shutdown_grace_s: must be from 0 to 3600"),
+        ("part_size_mb", 6000, "part_size_mb: must be from 5 to 5120"),
+        ("retries", 10**6, "retries: must be from 0 to 100"),
+        ("conn_config.timeout_s", "-.inf", "conn_config.timeout_s: must be a finite number"),
+        ("conn_config.timeout_s", 86_400, "conn_config.timeout_s: must be from 1 to 600"),
+    ],
+)
+def test_numbers_are_bounded_and_finite_and_the_message_names_the_key(
+    tmp_path: Path, key: str, value: Any, words: str
+) -> None:
+    # YAML, so that .inf and .nan are the floats YAML means by them.
+    lines = [f"activity_arn: {ARN}", "conn_config: {type: http, host: h.example.org}", "num_connections: 2"]
+    if key.startswith("conn_config."):
+        lines[1] = f"conn_config: {{type: http, host: h.example.org, {key.split('.')[1]}: {value}}}"
+    else:
+        lines = [line for line in lines if not line.startswith(key)] + [f"{key}: {value}"]
+    path = tmp_path / "collections.yml"
+    path.write_text(
+        "providers:\n  - id: P\n    config:\n      gateway_config:\n" + "".join(f"        {x}\n" for x in lines)
+    )
+
+    done = validate(path)
+
+    assert done.returncode == 2, done.stdout
+    assert words in done.stderr
+
+
+def test_ports_are_bounded(tmp_path: Path) -> None:
+    gateway = base_gateway()
+    gateway["conn_config"] = {"type": "ftp", "host": "ftp.example.org", "port": 70000}
+    done = validate(write_gateway(tmp_path, gateway))
+    assert done.returncode == 2 and "conn_config.port: must be from 1 to 65535" in done.stderr
+
+
+SECRET = "Zq9-secret-Vx7"
+
+
+@pytest.mark.parametrize(
+    ("conn", "words"),
+    [
+        ({"host": "h.example.org", "headers": {"X-Api-Key": SECRET + "\n"}}, "headers.X-Api-Key: holds a line break"),
+        ({"host": "h.example.org", "headers": {"X-Api-Key": SECRET + "\r\nX-Evil: 1"}}, "a line break (CR or LF)"),
+        ({"host": "h.example.org", "headers": {"X-Api-Key": SECRET + "\x00"}}, "a NUL character"),
+        ({"host": "h.example.org", "headers": {"X-Api-Key": SECRET + "\x1b"}}, "a control character (U+001B)"),
+        ({"host": "h.example.org", "headers": {"X-Api-Key": " " + SECRET}}, "leading or trailing whitespace"),
+        ({"host": "h.example.org", "headers": {"X-Api-Key": SECRET + "\u20ac"}}, "a character outside Latin-1"),
+        ({"host": "h.example.org", "headers": {"Bad Name": SECRET}}, "'Bad Name' is not a valid HTTP header name"),
+        ({"host": "h.example.org", "token": SECRET + "\n"}, "conn_config.token: holds a line break"),
+        ({"host": "h.example.org", "token": SECRET + "\t"}, "conn_config.token: holds leading or trailing whitespace"),
+        ({"host": "h.example.org", "username": "u", "password": SECRET + "\r"}, "conn_config.password: holds a line"),
+        ({"host": "h.example.org", "username": "a:b", "password": SECRET}, "holds a colon"),
+        (
+            {"host": "h.example.org", "password": 98765431},
+            "conn_config.password: must be a string, got a value of type int",
+        ),
+        (
+            {"host": "h.example.org", "token": ["x", SECRET]},
+            "conn_config.token: must be a string, got a value of type list",
+        ),
+        (
+            {"host": "h.example.org", "headers": [SECRET]},
+            "conn_config.headers: must be a mapping, got a value of type list",
+        ),
+        ({"type": "ftp", "host": "f.example.org", "password": SECRET + "\r\nDELE x"}, "which FTP cannot carry"),
+        ({"type": "ftp", "host": "f.example.org", "username": "u\x00", "password": SECRET}, "username: holds a NUL"),
+        ({"host": f"u:{SECRET}@h.example.org"}, "conn_config.host: must be a host name; credentials go in username"),
+    ],
+)
+def test_credentials_that_cannot_be_carried_are_refused_without_showing_them(
+    tmp_path: Path, conn: dict[str, Any], words: str
+) -> None:
+    gateway = base_gateway(**conn)
+
+    done = validate(write_gateway(tmp_path, gateway))
+
+    assert done.returncode == 2, done.stdout
+    assert words in done.stderr
+    for shown in (SECRET, "98765431"):
+        assert shown not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [{"username": "u", "password": "p"}, {"token": "t"}, {"headers": {"X-Api-Key": "k"}}],
+)
+def test_http_credentials_need_a_host(tmp_path: Path, credentials: dict[str, Any]) -> None:
+    done = validate(write_gateway(tmp_path, base_gateway(**credentials)))
+    assert done.returncode == 2
+    assert "conn_config.host: required when username, password, token or headers are set" in done.stderr
+
+
+def test_a_yaml_syntax_error_names_the_place_not_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "collections.yml"
+    path.write_text(f"providers:\n  - id: P\n    password: \"{SECRET}\n  - id: Q\n    x: 'unclosed\n")
+
+    done = validate(path)
+
+    assert done.returncode == 2
+    assert "not valid YAML at line" in done.stderr
+    assert SECRET not in done.stderr
+
+
+def test_an_alias_bomb_is_refused_quickly_with_little_memory(tmp_path: Path) -> None:
+    names = "abcdefghij"
+    lines = ["lol0: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"lol{i}: &{names[i]} [{', '.join(['*' + names[i - 1]] * 10)}]" for i in range(1, 10)]
+    path = tmp_path / "collections.yml"
+    path.write_text("\n".join(lines) + "\nproviders: []\n")
+    assert len(path.read_bytes()) < 600
+
+    # A fresh interpreter whose only child is validate, so that its children's peak RSS is validate's.
+    measure = (
+        "import resource, subprocess, sys; "
+        "done = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)"
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", measure, cli_path(), "validate", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert "expands to more than 1000000 values through its aliases" in done.stderr
+    assert time.monotonic() - started < 10
+    assert int(done.stdout.split()[-1]) < 200 * 1024  # KiB: the bomb expanded would take gigabytes
+
+
+def test_a_recursive_alias_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "collections.yml"
+    path.write_text("loop: &a [1, *a]\nproviders: []\n")
+    done = validate(path)
+    assert done.returncode == 2 and "refers to the node that holds it" in done.stderr
+
+
+SHARED = f"""
+providers:
+  - id: OTHER_COMPONENT_ONLY
+    config:
+      some_other_component: {{password: "${{OTHER_COMPONENT_SECRET}}"}}
+  - id: SERVED
+    config:
+      some_other_component: {{password: "${{OTHER_COMPONENT_SECRET}}"}}
+      gateway_config:
+        activity_arn: {ARN}
+        conn_config: {{type: https, host: a.example.org, password: "${{SERVED_PASSWORD}}", username: u}}
+        num_connections: 1
+  - id: NOT_SERVED
+    config:
+      gateway_config:
+        activity_arn: {ARN}
+        conn_config: {{type: https, host: b.example.org, token: "${{NOT_SERVED_TOKEN}}"}}
+        num_connections: "not even checked"
+"""
+
+
+def test_only_the_served_providers_gateway_config_is_expanded_and_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "collections.yml"
+    path.write_text(SHARED)
+    monkeypatch.setenv("SERVED_PASSWORD", "pw")
+    for name in ("OTHER_COMPONENT_SECRET", "NOT_SERVED_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+    config = load_config(str(path), resolver=str, providers=["SERVED"])
+
+    assert [p.id for p in config.providers] == ["SERVED"]
+    assert config.providers[0].gateway.conn.password == "pw"  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="NOT_SERVED_TOKEN is not set"):
+        load_config(str(path), resolver=str)  # every provider served: NOT_SERVED's secret is needed
+    with pytest.raises(ConfigError, match=r"no provider NOPE with a config\.gateway_config"):
+        load_config(str(path), resolver=str, providers=["SERVED", "NOPE"])
+
+
+def test_validate_ignores_an_unset_variable_in_another_components_section(tmp_path: Path) -> None:
+    path = tmp_path / "collections.yml"
+    path.write_text(SHARED.split("  - id: NOT_SERVED")[0])
+    env = {k: v for k, v in os.environ.items() if k != "OTHER_COMPONENT_SECRET"}
+
+    done = subprocess.run(
+        [cli_path(), "validate", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env={**env, "SERVED_PASSWORD": "pw"},
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "valid: 1 provider(s)" in done.stdout
+
+
+def test_a_config_file_over_the_cap_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "collections.yml"
+    path.write_bytes(b"# " + b"x" * (5 * 1024 * 1024) + b"\nproviders: []\n")
+    done = validate(path)
+    assert done.returncode == 2 and "over 4194304 bytes" in done.stderr
+
+
+def test_download_with_provider_needs_only_that_providers_secrets(
+    tmp_path: Path, aws_env: dict[str, str], s3: Any, bucket: str
+) -> None:
+    with FileHTTPServer({"/d/a.h5": b"abc"}, basic_auth=("u", "pw")) as server:
+        path = tmp_path / "collections.yml"
+        shared = SHARED.replace("{type: https, host: a.example.org", "{type: http, host: " + server.host).replace(
+            'password: "${SERVED_PASSWORD}"', "password: pw"
+        )
+        path.write_text(shared)
+        env = {k: v for k, v in os.environ.items() if k not in ("OTHER_COMPONENT_SECRET", "NOT_SERVED_TOKEN")}
+        command = [cli_path(), "download", server.url("/d/a.h5"), f"s3://{bucket}/a.h5", "--config", str(path)]
+
+        served = subprocess.run(
+            [*command, "--provider", "SERVED"], capture_output=True, text=True, env={**env, **aws_env}, timeout=120
+        )
+        every = subprocess.run(command, capture_output=True, text=True, env={**env, **aws_env}, timeout=120)
+
+    assert served.returncode == 0, served.stderr
+    assert s3.get_object(Bucket=bucket, Key="a.h5")["Body"].read() == b"abc"
+    assert every.returncode == 2 and "NOT_SERVED_TOKEN is not set" in every.stderr

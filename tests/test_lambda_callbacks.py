@@ -155,3 +155,45 @@ def test_a_callback_for_a_task_that_ended_is_404_not_5xx(aws: dict[str, Any], ca
     answer = callbacks.receive(signed(item["callback_id"], item["secret"], {"status": "ready"}))
     assert answer["statusCode"] == 404
     assert item["callback_id"] not in table_ids(aws, callback_env)
+
+
+@pytest.mark.parametrize(
+    ("body", "signature_of", "words"),
+    [
+        (b'{"status": "ready"}', lambda s, b: "sha256=\u00e9\u00e9", "bad or missing X-Signature-256"),
+        (b'{"status": "ready"}', lambda s, b: "sha256=\ud800", "bad or missing X-Signature-256"),
+        (b"[" * 100_000 + b"]" * 100_000, callbacks.sign, "nested deeper than 100 levels"),
+        (b'{"a": ' * 150 + b"1" + b"}" * 150, callbacks.sign, "nested deeper than 100 levels"),
+        (b'{"status": "done"}', callbacks.sign, "status must be one of ready, failed"),
+        (b'{"status": "READY!"}', callbacks.sign, "status must be one of"),
+        (b'{"status": {"x": 1}}', callbacks.sign, "status must be one of"),
+        (b'{"status": "ready", "\\ud800": 1}', callbacks.sign, "lone surrogate"),
+        (b'{"status": "ready", "n": NaN}', callbacks.sign, "NaN is not a JSON number"),
+        (b"\xff\xfe", callbacks.sign, "not UTF-8"),
+    ],
+)
+def test_a_hostile_callback_is_answered_4xx_and_the_callback_stays(
+    aws: dict[str, Any], callback_env: dict[str, str], body: bytes, signature_of: Any, words: str
+) -> None:
+    registered = callbacks.register({"task_token": "t", "execution": "e"})
+    callback_id = registered["callback_url"].rsplit("/", 1)[1]
+
+    base64_body = not body.isascii()  # as API Gateway passes a body that is not UTF-8 text
+    answer = callbacks.receive(api_event(callback_id, body, signature_of(registered["secret"], body), base64_body))
+
+    expected = 403 if "Signature" in words else 400
+    assert answer["statusCode"] == expected, answer
+    assert words in json.loads(answer["body"])["message"]
+    assert callback_id in table_ids(aws, callback_env)
+
+
+def test_an_unknown_status_never_completes_the_task(aws: dict[str, Any], callback_env: dict[str, str]) -> None:
+    execution, item = waiting_execution(aws, callback_env)
+
+    unknown = callbacks.receive(signed(item["callback_id"], item["secret"], {"status": "succeeded-ish"}))
+
+    assert unknown["statusCode"] == 400
+    assert aws["stepfunctions"].describe_execution(executionArn=execution)["status"] == "RUNNING"
+    ready = callbacks.receive(signed(item["callback_id"], item["secret"], {"status": "Ready"}))
+    assert ready["statusCode"] == 200
+    assert wait_done(aws["stepfunctions"], execution)["status"] == "SUCCEEDED"

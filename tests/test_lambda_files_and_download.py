@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from provider_gateway.errors import ConfigError
 from provider_gateway.lambdas.download import download
 from provider_gateway.lambdas.environment import LambdaError
 from provider_gateway.lambdas.files import list_files
@@ -125,3 +126,72 @@ def test_download_near_the_lambda_time_limit_aborts_cleanly_for_batch_to_take_ov
     assert type(raised.value).__name__ == "GatewayShutdown"
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"files: a, b", "is not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested deeper than 100 levels"),
+        (b'["\\udfff"]', "lone surrogate"),
+    ],
+)
+def test_list_files_refuses_a_bad_fetched_list_without_echoing_the_password(
+    provider: FileHTTPServer, body: bytes, words: str
+) -> None:
+    provider.files["/d/list.json"] = body
+    files_url = provider.url("/d/list.json").replace("://", "://prov:secret@")
+    event = {"callback": {"files_url": files_url}, "target": {"bucket": "dest"}}  # no provider: the URL's own login
+
+    with pytest.raises(LambdaError) as raised:
+        list_files(event)
+
+    assert type(raised.value).__name__ == "InvalidRequest"
+    assert words in str(raised.value)
+    assert "secret" not in str(raised.value)
+    assert "***@" in str(raised.value)
+
+
+def test_list_files_names_a_url_without_its_password_when_it_names_no_file(provider: FileHTTPServer) -> None:
+    url = provider.url("/d/").replace("://", "://prov:secret@")
+    with pytest.raises(LambdaError) as raised:
+        list_files({"callback": {"files": [url]}, "target": {"bucket": "dest"}})
+    assert "names no file" in str(raised.value)
+    assert "secret" not in str(raised.value)
+
+
+def test_the_handlers_need_only_their_providers_secrets(
+    tmp_path: Path, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, s3: Any, bucket: str
+) -> None:
+    with FileHTTPServer(basic_auth=("prov", "pw-from-env")) as server:
+        conn = {"type": "http", "host": server.host, "username": "prov", "password": "${PROV_PASSWORD}"}
+        other = {"type": "http", "host": "other.test", "token": "${OTHER_TOKEN_NOT_SET}"}
+        document = {
+            "providers": [
+                {"id": "OTHER", "config": {"gateway_config": {"activity_arn": ARN, "conn_config": other}}},
+                {
+                    "id": "PROV",
+                    "config": {"gateway_config": {"activity_arn": ARN, "conn_config": conn, "num_connections": 1}},
+                },
+                {"id": "X", "config": {"some_other_component": {"password": "${OTHER_COMPONENT_SECRET}"}}},
+            ]
+        }
+        config = tmp_path / f"{unique('shared')}.yml"
+        config.write_text(json.dumps(document))
+        for name, value in {**aws_env, "GATEWAY_CONFIG": str(config), "PROV_PASSWORD": "pw-from-env"}.items():
+            monkeypatch.setenv(name, value)
+        for name in ("OTHER_TOKEN_NOT_SET", "OTHER_COMPONENT_SECRET"):
+            monkeypatch.delenv(name, raising=False)
+        server.files["/d/a.h5"] = b"abc"
+        entry = {"source": {"url": server.url("/d/a.h5")}, "target": {"bucket": bucket, "key": "a.h5"}}
+
+        listed = list_files(
+            {"provider": "PROV", "callback": {"files": [server.url("/d/a.h5")]}, "target": {"bucket": bucket}}
+        )
+        line = download({"provider": "PROV", "task": {"payload": {"files": [entry]}}}, Context(900))
+        with pytest.raises(ConfigError, match="OTHER_TOKEN_NOT_SET is not set"):
+            list_files({"provider": "OTHER", "callback": {"files": []}, "target": {"bucket": bucket}})
+
+    assert listed["files"][0]["connection_limited"] is True
+    assert line["success"] is True
+    assert s3.get_object(Bucket=bucket, Key="a.h5")["Body"].read() == b"abc"

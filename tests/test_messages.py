@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from provider_gateway import json_input
 from provider_gateway.config.model import HttpConnConfig
 from provider_gateway.errors import InvalidRequest
 from provider_gateway.messages import (
@@ -107,3 +108,138 @@ def test_sidecar_formats(text: bytes) -> None:
 def test_sidecar_without_a_digest_is_refused() -> None:
     with pytest.raises(InvalidRequest, match="no sha256 digest"):
         parse_sidecar(b"d41d8cd98f00b204e9800998ecf8427e  a.h5", "sha256", "sidecar")
+
+
+def target_only(url: str, **extra: Any) -> str:
+    return download([{"source": {"url": url}, "target": "FROM_CONFIG"}], **OUTPUT, **extra)
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("/d/..", "names no file"),
+        ("/d/%2e%2e", "names no file"),
+        ("/d/.", "names no file"),
+        ("/d/%2E", "names no file"),
+        ("/d/a%00b.h5", r"control character '\\x00'"),
+        ("/d/a%0Ab.h5", r"control character '\\n'"),
+        ("/d/a%1Bb.h5", r"control character '\\x1b'"),
+        ("/d/a%C2%85b.h5", r"control character '\\x85'"),
+        ("/d/" + "n" * 1023, "at most 1024 bytes"),  # 1023 + "p/" is over
+        ("/d/" + "%C3%A9" * 512, "at most 1024 bytes"),  # 512 characters, 1024 bytes, + "p/"
+    ],
+)
+def test_from_config_keys_must_be_plain_file_names_within_s3s_limit(path: str, words: str) -> None:
+    with pytest.raises(InvalidRequest, match=words) as caught:
+        parse_download_task(target_only("https://data.example.org" + path), CHECK)
+    assert caught.value.message.startswith("payload.files[0].target")
+
+
+def test_a_from_config_key_of_exactly_1024_bytes_is_taken() -> None:
+    task = parse_download_task(target_only("https://data.example.org/d/" + "n" * 1022), CHECK)
+    assert len(task.files[0].key.encode()) == 1024
+
+
+@pytest.mark.parametrize("size", [5 * 1024**4 + 1, 10**30])
+def test_a_size_over_5_tib_is_invalid(size: int) -> None:
+    with pytest.raises(InvalidRequest, match="over S3's largest object, 5 TiB"):
+        parse_download_task(
+            download([{"source": {"url": URL, "size": size}, "target": "FROM_CONFIG"}], **OUTPUT), CHECK
+        )
+
+
+def test_a_size_of_exactly_5_tib_is_taken() -> None:
+    message = download([{"source": {"url": URL, "size": 5 * 1024**4}, "target": "FROM_CONFIG"}], **OUTPUT)
+    assert parse_download_task(message, CHECK).files[0].size == 5 * 1024**4
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://alice:pa55-w0rd@elsewhere.org/a.h5",  # not this provider's host
+        "ftp://alice:pa55-w0rd@data.example.org/a.h5",  # not this provider's scheme
+        "https://alice:pa55-w0rd@data.example.org/",  # names no file (FROM_CONFIG)
+        "https://alice:pa55-w0rd@data.example.org/%00",  # a control character in the key
+        "https://alice:pa55-w0rd@[data.example.org/a.h5",  # not even a URL
+    ],
+)
+def test_a_password_in_a_task_url_is_never_in_the_message(url: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_download_task(target_only(url), CHECK)
+    assert "pa55-w0rd" not in caught.value.message
+    assert caught.value.message.startswith("payload.files[0]")
+
+
+def test_a_password_in_a_sidecar_url_is_never_in_the_message() -> None:
+    checksum = {"type": "md5", "url": "https://alice:pa55-w0rd@elsewhere.org/a.md5"}
+    with pytest.raises(InvalidRequest, match=r"checksum\.url") as caught:
+        parse_download_task(
+            download([{"source": {"url": URL, "checksum": checksum}, "target": "FROM_CONFIG"}], **OUTPUT), CHECK
+        )
+    assert "pa55-w0rd" not in caught.value.message
+
+
+class Pointers:
+    """A pointer reader over a dict of objects, recording what was asked."""
+
+    def __init__(self, objects: dict[tuple[str, str], bytes]) -> None:
+        self.objects = objects
+        self.asked: list[tuple[str, str, int]] = []
+
+    def __call__(self, bucket: str, key: str, limit: int) -> bytes:
+        self.asked.append((bucket, key, limit))
+        return self.objects[(bucket, key)][:limit]
+
+
+POINTED = json.dumps({"files": [{"source": {"url": URL}, "target": "FROM_CONFIG"}]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("allowed", "payload_bucket", "followed"),
+    [
+        ((), None, False),
+        ((), "pay-bucket", False),
+        (("my-bucket",), None, False),
+        (("my-bucket", "other-bucket"), None, True),
+        (("my-bucket",), "other-bucket", True),
+    ],
+)
+def test_pointers_are_followed_only_into_allowed_buckets_and_the_payload_bucket(
+    allowed: tuple[str, ...], payload_bucket: str | None, followed: bool
+) -> None:
+    reader = Pointers({("other-bucket", "in/p.json"): POINTED})
+    message = json.dumps({"payload": {"Bucket": "other-bucket", "Key": "in/p.json"}, **OUTPUT})
+
+    def parse() -> Any:
+        return parse_download_task(message, CHECK, allowed, read_pointer=reader, payload_bucket=payload_bucket)
+
+    if followed:
+        assert parse().files[0].key == "p/a.h5"
+        assert reader.asked == [("other-bucket", "in/p.json", json_input.MAX_BYTES + 1)]
+    else:
+        with pytest.raises(InvalidRequest, match="S3 pointers are read only from allowed buckets"):
+            parse()
+        assert reader.asked == []
+
+
+def test_a_pointer_over_the_cap_is_refused_after_reading_one_byte_more_than_it() -> None:
+    huge = b'{"files": [' + b" " * (json_input.MAX_BYTES * 2) + b"]}"
+    reader = Pointers({("pay-bucket", "big.json"): huge})
+    message = json.dumps({"payload": {"Bucket": "pay-bucket", "Key": "big.json"}})
+
+    with pytest.raises(InvalidRequest, match=f"'s3://pay-bucket/big.json' is over {json_input.MAX_BYTES} bytes"):
+        parse_download_task(message, CHECK, read_pointer=reader, payload_bucket="pay-bucket")
+    assert reader.asked[0][2] == json_input.MAX_BYTES + 1
+
+
+def test_a_pointer_with_a_malformed_bucket_or_key_is_refused_unread() -> None:
+    reader = Pointers({})
+    for pointer, words in [
+        ({"Bucket": {"x": 1}, "Key": "k"}, "payload.Bucket"),
+        ({"Bucket": "pay-bucket", "Key": 5}, "payload.Key"),
+    ]:
+        with pytest.raises(InvalidRequest, match=words):
+            parse_download_task(
+                json.dumps({"payload": pointer}), CHECK, read_pointer=reader, payload_bucket="pay-bucket"
+            )
+    assert reader.asked == []

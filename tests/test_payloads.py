@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from provider_gateway import json_input
 from provider_gateway.local.http_server import FileHTTPServer
 from tests.conftest import GatewayFactory
-from tests.support import create_state_machine, start, wait_done
+from tests.support import create_state_machine, start, unique, wait_done
 
 # Under the 256 KiB input limit, but the output adds a result to each of many files.
 FILE_COUNT = 400
@@ -39,7 +41,7 @@ def _many_files_message(provider: FileHTTPServer, bucket: str) -> dict[str, Any]
 def test_payload_given_as_s3_pointer_is_followed(
     gateway: GatewayFactory, provider: FileHTTPServer, sfn: Any, s3: Any, bucket: str, activity: str
 ) -> None:
-    gateway(activity, {"type": "http", "host": provider.host})
+    gateway(activity, {"type": "http", "host": provider.host}, payload_bucket=bucket)
     machine = create_state_machine(sfn, activity)
     payload = {"files": [{"source": {"url": provider.url("/tiny.txt")}, "target": {"bucket": bucket, "key": "t.txt"}}]}
     s3.put_object(Bucket=bucket, Key="in/payload.json", Body=json.dumps(payload).encode())
@@ -105,3 +107,47 @@ def test_a_task_of_3000_files_completes_through_s3_pointers(
     listed = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="many/")
     assert sum(len(page.get("Contents", [])) for page in listed) == count
     assert s3.get_object(Bucket=bucket, Key="many/f2999")["Body"].read() == files["/many/f2999"]
+
+
+def test_a_pointer_into_a_bucket_neither_allowed_nor_the_payload_bucket_is_invalid(
+    gateway: GatewayFactory, provider: FileHTTPServer, sfn: Any, s3: Any, bucket: str, activity: str
+) -> None:
+    elsewhere = unique("other")
+    s3.create_bucket(Bucket=elsewhere)
+    payload = {"files": [{"source": {"url": provider.url("/tiny.txt")}, "target": {"bucket": bucket, "key": "t.txt"}}]}
+    s3.put_object(Bucket=elsewhere, Key="in/payload.json", Body=json.dumps(payload).encode())
+    gateway(activity, {"type": "http", "host": provider.host}, payload_bucket=bucket, allowed_buckets=[bucket])
+    machine = create_state_machine(sfn, activity)
+
+    done = wait_done(sfn, start(sfn, machine, {"payload": {"Bucket": elsewhere, "Key": "in/payload.json"}}))
+
+    assert (done["status"], done["error"]) == ("FAILED", "InvalidRequest"), done
+    assert f"S3 pointers are read only from allowed buckets ({bucket})" in done["cause"]
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)  # nothing was copied
+
+
+def test_a_pointer_over_the_cap_is_invalid_and_never_read_whole(
+    gateway: GatewayFactory, provider: FileHTTPServer, sfn: Any, s3: Any, bucket: str, activity: str
+) -> None:
+    big = 48 * 1024 * 1024
+    s3.put_object(Bucket=bucket, Key="in/big.json", Body=b'{"files": [' + b"{}," * (big // 3) + b"{}]}")
+    process = gateway(activity, {"type": "http", "host": provider.host}, payload_bucket=bucket)
+    machine = create_state_machine(sfn, activity)
+    small = wait_done(sfn, start(sfn, machine, {"payload": {"files": []}}))  # the gateway is up and has worked
+    before = _peak_rss(process.proc.pid)
+
+    done = wait_done(sfn, start(sfn, machine, {"payload": {"Bucket": bucket, "Key": "in/big.json"}}))
+
+    assert small["error"] == "InvalidRequest"
+    assert (done["status"], done["error"]) == ("FAILED", "InvalidRequest"), done
+    assert f"is over {json_input.MAX_BYTES} bytes" in done["cause"]
+    # Reading it whole would hold 48 MiB of bytes, and parsing it gigabytes.
+    assert _peak_rss(process.proc.pid) - before < 16 * 1024 * 1024
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident memory in bytes (Linux VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")

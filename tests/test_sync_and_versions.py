@@ -112,7 +112,7 @@ def test_a_newer_version_replaces_the_object_and_the_same_version_is_skipped(
 def test_the_original_message_shape_with_an_s3_pointer_payload(
     gateway: GatewayFactory, provider: FileHTTPServer, sfn: Any, s3: Any, bucket: str, activity: str
 ) -> None:
-    gateway(activity, {"type": "http", "host": provider.host})
+    gateway(activity, {"type": "http", "host": provider.host}, allowed_buckets=[bucket])
     machine = create_state_machine(sfn, activity)
     payload = {
         "files": [

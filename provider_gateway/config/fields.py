@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from provider_gateway.errors import ConfigError
@@ -23,14 +24,30 @@ def _describe(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-class Fields:
-    """Takes typed values out of a mapping; :meth:`finish` rejects what is left."""
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
-    def __init__(self, data: Any, path: str) -> None:
+
+class Fields:
+    """Takes typed values out of a mapping; :meth:`finish` rejects what is left.
+
+    ``bounds`` gives the (least, greatest) value of numeric keys; every float
+    must be finite. The value of a key in ``secrets`` is never put in a message.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        path: str,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
+        secrets: Collection[str] = (),
+    ) -> None:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: must be a mapping, got {type(data).__name__}")
         self._data = dict(data)
         self._path = path
+        self._bounds = bounds or {}
+        self._secrets = secrets
 
     def key_path(self, key: str) -> str:
         """The dotted path of ``key`` inside this mapping, for messages."""
@@ -64,11 +81,26 @@ class Fields:
             value = float(value)
         # bool is an int in Python, but "true" is not a valid num_connections.
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            raise ConfigError(f"{self.key_path(key)}: must be {_describe(kind)}, got {value!r}")
+            shown = (
+                f"a value of type {type(value).__name__} (not shown: a secret)" if key in self._secrets else repr(value)
+            )
+            raise ConfigError(f"{self.key_path(key)}: must be {_describe(kind)}, got {shown}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{self.key_path(key)}: must be a finite number, got {value}")
         problem = check(value) if check else None
         if problem:
             raise ConfigError(f"{self.key_path(key)}: {problem}")
+        self._check_bounds(key, value)
         return value
+
+    def _check_bounds(self, key: str, value: Any) -> None:
+        if key not in self._bounds or isinstance(value, bool) or not isinstance(value, int | float):
+            return
+        least, greatest = self._bounds[key]
+        if not least <= value <= greatest:
+            raise ConfigError(
+                f"{self.key_path(key)}: must be from {_number(least)} to {_number(greatest)}, got {_number(value)}"
+            )
 
     def strings(self, key: str) -> tuple[str, ...]:
         """Take ``key`` as a list of strings (absent: empty)."""

@@ -1,20 +1,24 @@
 """Building the typed :class:`Config` from ``collections.yml``.
 
 The file is shared with other components: unknown top-level keys and
-providers without ``config.gateway_config`` are ignored. Inside
-``gateway_config`` every key is checked and unknown keys are errors.
+providers without ``config.gateway_config`` are ignored, and so are the
+providers this gateway does not serve. Only the ``gateway_config`` of the
+providers served is ``${NAME}``-expanded and checked; there every key is
+checked, numbers are bounded (:data:`BOUNDS`), and unknown keys are errors.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 from urllib.parse import urlsplit
 
+from provider_gateway.config.credentials import check_credentials
 from provider_gateway.config.fields import Fields, at_least, one_of
 from provider_gateway.config.model import (
+    SECRET_KEYS,
     Config,
     ConnConfig,
     FtpConnConfig,
@@ -24,7 +28,7 @@ from provider_gateway.config.model import (
     ProviderConfig,
     SftpConnConfig,
 )
-from provider_gateway.config.yaml_source import ResourceRef, parse_yaml, read_text
+from provider_gateway.config.yaml_source import ResourceRef, expand, parse_yaml, read_text
 from provider_gateway.errors import ConfigError
 from provider_gateway.ssh_known_hosts import settings_problem
 
@@ -33,59 +37,87 @@ ResourceResolver = Callable[[str], str]
 ACTIVITY_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:states:[a-z0-9-]+:\d{12}:activity:[A-Za-z0-9_.-]{1,80}$")
 CONN_TYPES = ("http", "https", "ftp", "ftps", "sftp", "gridftp")
 _HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+BOUNDS: dict[str, tuple[float, float]] = {
+    "num_connections": (1, 256),  # each is a thread with its own part buffers
+    "heartbeat_interval_s": (1, 3600),
+    "part_size_mb": (5, 5120),  # S3's smallest and largest part
+    "retries": (0, 100),
+    "read_timeout_s": (1, 3600),
+    "shutdown_grace_s": (0, 3600),
+    "timeout_s": (1, 600),
+    "port": (1, 65535),
+}
+"""The range of every number in ``gateway_config``, by key: values outside are config errors naming the key."""
 
 
 def load_config(
     location: str,
     resolver: ResourceResolver | None = None,
     s3_client_factory: Callable[[], Any] | None = None,
+    providers: Collection[str] = (),
 ) -> Config:
     """Load, expand and check ``collections.yml`` from a path or ``s3://`` URL.
 
     ``resolver`` turns a ``!GitcResource`` logical id into its physical id; by
     default CloudFormation DescribeStackResources on ``$STACK_NAME``.
+    ``providers`` names the providers served (default: every provider with a
+    ``gateway_config``); no other part of the file is expanded or checked.
     """
     text = read_text(location, s3_client_factory)
-    return parse_config(parse_yaml(text, location), resolver or cloudformation_resolver())
+    return parse_config(parse_yaml(text, location), resolver or cloudformation_resolver(), providers)
 
 
-def parse_config(document: Any, resolver: ResourceResolver) -> Config:
-    """Build a :class:`Config` from an already expanded YAML document."""
+def parse_config(document: Any, resolver: ResourceResolver, providers: Collection[str] = ()) -> Config:
+    """Build a :class:`Config` of ``providers`` (default: all) from a parsed YAML document."""
+    entries = gateway_entries(document)
+    wanted = set(providers) or set(entries)
+    missing = sorted(wanted - set(entries))
+    if missing:
+        raise ConfigError(f"no provider {', '.join(missing)} with a config.gateway_config in the file")
+    if not entries:
+        raise ConfigError("providers: no provider has a config.gateway_config")
+    parsed = [
+        _provider(provider_id, path, data, resolver)
+        for provider_id, (path, data) in entries.items()
+        if provider_id in wanted
+    ]
+    return Config(tuple(parsed))
+
+
+def gateway_entries(document: Any) -> dict[str, tuple[str, Any]]:
+    """Each provider id with a ``config.gateway_config``: (its path in the file, the raw gateway_config)."""
     if not isinstance(document, dict):
         raise ConfigError("the file must be a mapping with a 'providers' list")
     providers = document.get("providers")
     if not isinstance(providers, list):
         raise ConfigError("providers: required, a list of providers")
-    parsed: list[ProviderConfig] = []
-    seen: set[str] = set()
+    entries: dict[str, tuple[str, Any]] = {}
     for index, entry in enumerate(providers):
-        provider = _provider(entry, f"providers[{index}]", resolver)
-        if provider is None:
-            continue
-        if provider.id in seen:
-            raise ConfigError(f"providers[{index}].id: duplicate provider id {provider.id!r}")
-        seen.add(provider.id)
-        parsed.append(provider)
-    if not parsed:
-        raise ConfigError("providers: no provider has a config.gateway_config")
-    return Config(tuple(parsed))
+        path = f"providers[{index}]"
+        config = entry.get("config") if isinstance(entry, dict) else None
+        if not isinstance(config, dict) or "gateway_config" not in config:
+            continue  # another component's entry
+        provider_id = entry.get("id")
+        if not isinstance(provider_id, str) or not provider_id:
+            raise ConfigError(f"{path}.id: required, a non-empty string")
+        if provider_id in entries:
+            raise ConfigError(f"{path}.id: duplicate provider id {provider_id!r}")
+        entries[provider_id] = (path, config["gateway_config"])
+    return entries
 
 
-def _provider(entry: Any, path: str, resolver: ResourceResolver) -> ProviderConfig | None:
-    if not isinstance(entry, dict):
-        raise ConfigError(f"{path}: must be a mapping with 'id' and 'config'")
-    config = entry.get("config")
-    if not isinstance(config, dict) or "gateway_config" not in config:
-        return None
-    provider_id = entry.get("id")
-    if not isinstance(provider_id, str) or not provider_id:
-        raise ConfigError(f"{path}.id: required, a non-empty string")
-    gateway = _gateway(config["gateway_config"], f"{path}.config.gateway_config", resolver)
+def _provider(provider_id: str, path: str, data: Any, resolver: ResourceResolver) -> ProviderConfig:
+    where = f"{path}.config.gateway_config"
+    gateway = _gateway(expand(data, where), where, resolver)
     return ProviderConfig(id=provider_id, gateway=gateway)
 
 
+def _fields(data: Any, path: str) -> Fields:
+    return Fields(data, path, bounds=BOUNDS, secrets=SECRET_KEYS)
+
+
 def _gateway(data: Any, path: str, resolver: ResourceResolver) -> GatewayConfig:
-    f = Fields(data, path)
+    f = _fields(data, path)
     activity_arn = _arn(f, "activity_arn", resolver, required=True)
     sync_arn = _arn(f, "sync_activity_arn", resolver, required=False)
     conn = _conn(f.raw("conn_config"), f.key_path("conn_config"))
@@ -127,7 +159,7 @@ def _arn(f: Fields, key: str, resolver: ResourceResolver, required: bool) -> str
 
 
 def _conn(data: Any, path: str) -> ConnConfig:
-    f = Fields(data, path)
+    f = _fields(data, path)
     kind = f.take("type", str, check=one_of(*CONN_TYPES))
     conn: ConnConfig
     if kind in ("http", "https"):
@@ -148,6 +180,7 @@ def _conn(data: Any, path: str) -> ConnConfig:
         conn = _gridftp(f)
     else:
         conn = _sftp(f)
+    check_credentials(conn, f.key_path)
     f.finish()
     return conn
 
@@ -220,6 +253,8 @@ def _gridftp(f: Fields) -> GridftpConnConfig:
 
 def _host_check(allow_port: bool) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
+        if "@" in value:  # user:password@host: the value is not shown
+            return "must be a host name; credentials go in username and password (the value is not shown)"
         if not _HOST.match(value):
             return f"must be a host name{' or name:port' if allow_port else ''}; got {value!r}"
         if not allow_port and urlsplit(f"//{value}").port is not None:

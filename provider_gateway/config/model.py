@@ -92,6 +92,14 @@ class GridftpConnConfig:
 
 ConnConfig = HttpConnConfig | FtpConnConfig | SftpConnConfig | GridftpConnConfig
 
+SECRET_KEYS = frozenset(
+    f.name
+    for cls in (HttpConnConfig, FtpConnConfig, SftpConnConfig, GridftpConnConfig)
+    for f in dataclasses.fields(cls)
+    if f.metadata.get("secret")
+)
+"""The ``conn_config`` keys that hold secrets: never shown, in any message."""
+
 
 @dataclass(frozen=True)
 class GatewayConfig:

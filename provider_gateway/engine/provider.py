@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 import logging
 import threading
 import time
@@ -101,6 +101,7 @@ class ProviderRuntime:
             url_check=functools.partial(check_url, gateway.conn),
             allowed_buckets=gateway.allowed_buckets,
             read_pointer=self._read_pointer,
+            payload_bucket=gateway.payload_bucket,
         )
         run = TaskRun(token, task, self._responder, gateway.failure_mode, label=token[-12:])
         run.on_answered = functools.partial(self._answered, run)
@@ -121,8 +122,10 @@ class ProviderRuntime:
             self._runs.discard(run)
         self.events.task_answered(run.label, error_code, files, failed)
 
-    def _read_pointer(self, bucket: str, key: str) -> Any:
-        return json.loads(self._s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    def _read_pointer(self, bucket: str, key: str, limit: int) -> bytes:
+        body = self._s3.get_object(Bucket=bucket, Key=key)["Body"]
+        with contextlib.closing(body):  # the rest of a larger object is never read
+            return bytes(body.read(limit))
 
     def _refuse(self, token: str, error: GatewayError) -> None:
         self._responder.failure(token, error.code, error.message)

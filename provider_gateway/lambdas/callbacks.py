@@ -14,11 +14,13 @@ sha256=<hex HMAC-SHA256 of the raw body with the secret>``. The body is JSON:
 - ``{"status": "failed", "error": "...", "cause": "..."}``: SendTaskFailure
   with error ``ProviderFailed``; the callback is used up.
 - ``{"status": "in_progress"}``: SendTaskHeartbeat; the callback stays.
+- any other ``status``: 400, and the callback stays.
 
-Answers: 200 done, 202 heartbeat sent, 400 body not JSON, 403 bad or missing
-signature, 404 unknown, expired or already used id, 413 body over the Step
-Functions limit, 503 (with Retry-After) only when Step Functions itself fails
-transiently, in which case the callback stays usable.
+Answers: 200 done, 202 heartbeat sent, 400 body not JSON (or nested too
+deeply, or with an unknown status), 403 bad or missing signature, 404
+unknown, expired or already used id, 413 body over the Step Functions limit,
+503 (with Retry-After) only when Step Functions itself fails transiently, in
+which case the callback stays usable.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from provider_gateway import json_input
+from provider_gateway.errors import InvalidRequest
 from provider_gateway.lambdas.environment import (
     DEFAULT_CALLBACK_TTL_S,
     clients,
@@ -47,6 +51,9 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "x-signature-256"
 MAX_BODY_BYTES = 256 * 1024  # Step Functions' limit on a task's output
 PROVIDER_FAILED = "ProviderFailed"
+READY, FAILED, IN_PROGRESS = "ready", "failed", "in_progress"
+STATUSES = {READY: READY, FAILED: FAILED, "failure": FAILED, "error": FAILED, IN_PROGRESS: IN_PROGRESS}
+"""Each ``status`` a provider may send, and what it means."""
 _GONE_CODES = {"TaskTimedOut", "TaskDoesNotExist", "InvalidToken"}
 
 
@@ -108,9 +115,11 @@ def register(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
 def receive(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Handle ``POST /callbacks/{callback_id}`` from API Gateway; never answers 5xx for a bad caller."""
     callback_id = (event.get("pathParameters") or {}).get("callback_id") or ""
+    if not isinstance(callback_id, str):
+        callback_id = ""
     body = _body(event)
     if body is None:
-        return _answer(400, "the body is not valid base64")
+        return _answer(400, "the body is not valid base64 text")
     table = _table()
     item = table.get_item(Key={"callback_id": callback_id}, ConsistentRead=True).get("Item") if callback_id else None
     if item is None:
@@ -118,26 +127,38 @@ def receive(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     if int(item["expires_at"]) <= time.time():
         table.delete_item(Key={"callback_id": callback_id})  # the TTL sweep can lag by hours
         return _answer(404, "no such callback")
-    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
-    if not hmac.compare_digest(headers.get(SIGNATURE_HEADER, ""), sign(str(item["secret"]), body)):
+    if not _signed(event, sign(str(item["secret"]), body)):
         log.warning("callback %s…: bad or missing signature", callback_id[:6])
         return _answer(403, "bad or missing X-Signature-256")
     if len(body) > MAX_BODY_BYTES:
         return _answer(413, f"the body is over {MAX_BODY_BYTES} bytes")
     try:
-        message = json.loads(body)
-    except ValueError:
-        return _answer(400, "the body is not JSON")
+        message = json_input.load(body, "the body", max_bytes=MAX_BODY_BYTES)
+    except InvalidRequest as exc:
+        return _answer(400, exc.message)
     if not isinstance(message, dict):
         return _answer(400, "the body must be a JSON object")
-    return _deliver(table, item, message)
+    status = message.get("status", READY)
+    if not isinstance(status, str) or status.lower() not in STATUSES:
+        return _answer(400, f"status must be one of {', '.join(STATUSES)}; got {str(status)[:40]!r}")
+    return _deliver(table, item, message, STATUSES[status.lower()])
 
 
-def _deliver(table: Any, item: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
+def _signed(event: dict[str, Any], expected: str) -> bool:
+    """Whether the request carries the signature ``expected``, compared in constant time."""
+    headers = event.get("headers")
+    found: Any = ""
+    if isinstance(headers, dict):
+        found = next((v for k, v in headers.items() if str(k).lower() == SIGNATURE_HEADER), "")
+    # As bytes: compare_digest refuses str holding anything but ASCII, and a caller may send anything.
+    given = found.encode("utf-8", "surrogatepass") if isinstance(found, str) else b""
+    return hmac.compare_digest(given, expected.encode())
+
+
+def _deliver(table: Any, item: dict[str, Any], message: dict[str, Any], status: str) -> dict[str, Any]:
     sfn = clients().sfn()
     token = str(item["task_token"])
-    status = str(message.get("status", "ready")).lower()
-    if status == "in_progress":
+    if status == IN_PROGRESS:
         try:
             sfn.send_task_heartbeat(taskToken=token)
         except ClientError as exc:
@@ -146,7 +167,7 @@ def _deliver(table: Any, item: dict[str, Any], message: dict[str, Any]) -> dict[
     if not _claim(table, item):
         return _answer(404, "no such callback")
     try:
-        if status in ("failed", "failure", "error"):
+        if status == FAILED:
             sfn.send_task_failure(
                 taskToken=token,
                 error=PROVIDER_FAILED,
@@ -185,12 +206,14 @@ def _gone_or_retry(table: Any, item: dict[str, Any], exc: ClientError, claimed: 
 
 def _body(event: dict[str, Any]) -> bytes | None:
     raw = event.get("body") or ""
+    if not isinstance(raw, str):
+        return None
     if event.get("isBase64Encoded"):
         try:
             return base64.b64decode(raw, validate=True)
         except ValueError:
             return None
-    return raw.encode() if isinstance(raw, str) else bytes(raw)
+    return raw.encode("utf-8", "surrogatepass")
 
 
 def _answer(status: int, message: str, headers: dict[str, str] | None = None) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from typing import Any
 
@@ -13,7 +14,7 @@ from provider_gateway.lambdas.environment import (
     clients,
     failure,
     from_gateway_error,
-    gateway_config,
+    provider_config,
     remaining_ms,
 )
 from provider_gateway.messages import parse_download_task
@@ -65,16 +66,17 @@ def _request(event: dict[str, Any]) -> tuple[one_file.Source, Any]:
     if not isinstance(task, dict):
         raise InvalidRequest("download: the event needs 'task', a download task with one file")
     provider_id = event.get("provider") or task.get("provider")
-    config = gateway_config()
+    provider = provider_config(str(provider_id)) if provider_id else None
+    if provider_id and provider is None and os.environ.get("GATEWAY_CONFIG"):
+        raise InvalidRequest(f"no provider {str(provider_id)[:80]!r} in the config")
 
     def source_for(url: str) -> one_file.Source:
         """The URL's provider settings; InvalidRequest if the URL is not that provider's (the parse's URL check)."""
-        if provider_id and config is not None:
-            provider = one_file.choose_provider(config, url, str(provider_id))
+        if provider is not None:
             return one_file.source_from_provider(provider.gateway, url)
         return one_file.source_from_url(url)
 
-    parsed = parse_download_task(json.dumps(task), source_for)
+    parsed = parse_download_task(task, source_for)
     if len(parsed.files) != 1:
         raise InvalidRequest(f"download: the task must hold one file, it holds {len(parsed.files)}")
     (file,) = parsed.files

@@ -17,7 +17,9 @@ import os
 from typing import Any
 
 from provider_gateway.aws import AwsClients
-from provider_gateway.config import Config, load_config, unresolved_resources
+from provider_gateway.config import ProviderConfig, parse_config, unresolved_resources
+from provider_gateway.config.loader import gateway_entries
+from provider_gateway.config.yaml_source import parse_yaml, read_text
 from provider_gateway.errors import ConfigError, GatewayError
 
 DEFAULT_CALLBACK_TTL_S = 86400
@@ -46,14 +48,27 @@ def clients() -> AwsClients:
 
 
 @functools.cache
-def _config(location: str) -> Config:
-    return load_config(location, resolver=unresolved_resources, s3_client_factory=clients().s3)
+def _document(location: str) -> Any:
+    return parse_yaml(read_text(location, clients().s3), location)
 
 
-def gateway_config() -> Config | None:
-    """The providers of ``GATEWAY_CONFIG`` (read once per container), or None when it is not set."""
+@functools.cache
+def _provider(location: str, provider_id: str) -> ProviderConfig | None:
+    document = _document(location)
+    if provider_id not in gateway_entries(document):
+        return None
+    (provider,) = parse_config(document, unresolved_resources, (provider_id,)).providers
+    return provider
+
+
+def provider_config(provider_id: str) -> ProviderConfig | None:
+    """Provider ``provider_id`` of ``GATEWAY_CONFIG`` (read once per container), or None if there is none.
+
+    Only that provider's ``gateway_config`` is expanded and checked: the
+    function needs no other provider's secrets in its environment.
+    """
     location = os.environ.get("GATEWAY_CONFIG")
-    return _config(location) if location else None
+    return _provider(location, provider_id) if location else None
 
 
 class LambdaError(Exception):

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import posixpath
 from typing import Any
 
-from provider_gateway import one_file
+from provider_gateway import json_input, one_file
 from provider_gateway.config import ProviderConfig
 from provider_gateway.errors import GatewayError, InvalidRequest
 from provider_gateway.lambdas.environment import (
     DEFAULT_LAMBDA_MAX_BYTES,
     from_gateway_error,
-    gateway_config,
     int_setting,
+    provider_config,
 )
-from provider_gateway.messages import FileRequest, parse_download_task, url_path
+from provider_gateway.messages import FileRequest, parse_download_task, shown_url, url_path
 from provider_gateway.protocols import check_url
 
 MAX_LIST_BYTES = 16 * 1024 * 1024
@@ -63,7 +62,7 @@ def _list_files(event: dict[str, Any]) -> dict[str, Any]:
     entries = [_entry(i, item, target["bucket"], prefix) for i, item in enumerate(raw)]
     url_check = functools.partial(check_url, provider.gateway.conn) if provider else _any_supported_url
     allowed = provider.gateway.allowed_buckets if provider else ()
-    task = parse_download_task(json.dumps({"payload": {"files": entries}}), url_check, allowed)
+    task = parse_download_task({"payload": {"files": entries}}, url_check, allowed)
     limited = provider is not None and event.get("use_gateway", True) is not False
     files = [_item(entry, request, provider, limited) for entry, request in zip(entries, task.files, strict=True)]
     return {
@@ -75,13 +74,8 @@ def _list_files(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def _provider(provider_id: Any) -> ProviderConfig | None:
-    config = gateway_config()
-    if provider_id is None or config is None:
-        return None
-    try:
-        return config.provider(str(provider_id))
-    except KeyError:
-        return None  # not connection-limited: reached with the URL's own settings
+    # An unknown provider is not connection-limited: reached with the URL's own settings.
+    return None if provider_id is None else provider_config(str(provider_id))
 
 
 def _any_supported_url(url: str) -> object:
@@ -93,10 +87,7 @@ def _fetch_list(url: Any, provider: ProviderConfig | None) -> Any:
         raise InvalidRequest("the callback body has neither 'files' nor a 'files_url' string")
     source = one_file.source_from_provider(provider.gateway, url) if provider else one_file.source_from_url(url)
     data = one_file.fetch(source, MAX_LIST_BYTES)
-    try:
-        return json.loads(data)
-    except ValueError as exc:
-        raise InvalidRequest(f"the file list at {url} is not JSON: {exc}") from None
+    return json_input.load(data, f"the file list at {shown_url(url)}", max_bytes=MAX_LIST_BYTES)
 
 
 def _entry(index: int, item: Any, bucket: str, prefix: str) -> dict[str, Any]:
@@ -105,9 +96,12 @@ def _entry(index: int, item: Any, bucket: str, prefix: str) -> dict[str, Any]:
         item = {"url": item}
     if not isinstance(item, dict) or not isinstance(item.get("url"), str):
         raise InvalidRequest(f"file list [{index}]: must be a URL or an object with a 'url' string")
-    name = item.get("key") or posixpath.basename(url_path(item["url"]))
+    try:
+        name = item.get("key") or posixpath.basename(url_path(item["url"]))
+    except ValueError:
+        raise InvalidRequest(f"file list [{index}]: not a valid URL: {shown_url(item['url'])!r}") from None
     if not isinstance(name, str) or not name:
-        raise InvalidRequest(f"file list [{index}]: {item['url']!r} names no file; give it a 'key'")
+        raise InvalidRequest(f"file list [{index}]: {shown_url(item['url'])!r} names no file; give it a 'key'")
     source = {k: item[k] for k in ("url", "size", "version", "checksum") if item.get(k) is not None}
     key = f"{prefix}/{name.lstrip('/')}" if prefix else name.lstrip("/")
     return {"type": "download", "source": source, "target": {"bucket": bucket, "key": key}}
