@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from types import FrameType
@@ -119,6 +120,11 @@ def run(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     gateway.serve_forever()
+    blockers = gateway.exit_blockers()
+    if blockers:  # every task is answered: nothing may hold the exit past ECS's stop timeout
+        log.warning("exiting without waiting for thread(s) %s", ", ".join(blockers))
+        logging.shutdown()
+        os._exit(0)
 
 
 def _pool_size(config: Config) -> int:

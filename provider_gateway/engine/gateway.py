@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 # After the grace period, how long cancelled transfers get to abort and answer.
 CANCEL_WAIT_S = 5.0
+# After the stop, how long threads that would hold the process's exit get to end.
+EXIT_WAIT_S = 3.0
 SUPERVISE_EVERY_S = 1.0
 # A thread that died is replaced this long after its death was seen.
 RESTART_DELAY_S = 5.0
@@ -101,6 +103,19 @@ class Gateway:
             runtime.stop_workers(timeout_s=CANCEL_WAIT_S)
         log.info("stopped")
         self.stopped.set()
+
+    def exit_blockers(self, timeout_s: float = EXIT_WAIT_S) -> list[str]:
+        """After :meth:`serve_forever`: wait up to ``timeout_s`` for the threads that would hold the exit.
+
+        Returns the names of those still alive (non-daemon threads such as a
+        transfer manager's), which the caller may then leave behind.
+        """
+        deadline = time.monotonic() + timeout_s
+        current = threading.current_thread()
+        for thread in threading.enumerate():
+            if thread is not current and not thread.daemon:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return [t.name for t in threading.enumerate() if t is not current and not t.daemon and t.is_alive()]
 
     def _in_flight(self) -> int:
         return sum(r.in_flight() for r in self.runtimes)
