@@ -37,6 +37,7 @@ class ActivityPoller:
         name: str,
         on_error: Callable[[], None] | None = None,
         backoff_s: Sequence[float] = POLL_ERROR_BACKOFF_S,
+        wait: Callable[[float], object] | None = None,
     ) -> None:
         self._sfn = sfn
         self._arn = activity_arn
@@ -51,6 +52,8 @@ class ActivityPoller:
         self.activity_arn = activity_arn
         self._on_error = on_error
         self._backoff_s = tuple(backoff_s)
+        self._wait = wait or self.stopping.wait
+        """Sleeps between failed polls (the stop event's wait, so a stop cuts it short)."""
         self.failing_since: float | None = None
         """When GetActivityTask began failing without a success since (monotonic), or None."""
 
@@ -77,10 +80,10 @@ class ActivityPoller:
                 if self._on_error is not None:
                     self._on_error()
                 log.error("GetActivityTask on %s failed (retrying in %ss): %s", self._arn, delay, exc)
-                self.stopping.wait(delay)
+                self._wait(delay)
             except Exception:  # a bug must not kill the poller: log it and keep polling
                 log.exception("unexpected failure while claiming a task")
-                self.stopping.wait(1)
+                self._wait(self._backoff_s[0])
             finally:
                 self._queue.fulfil(jobs)
 
