@@ -104,7 +104,11 @@ def test_an_answer_that_cannot_be_built_is_answered_gateway_internal_error() -> 
 def test_the_task_stays_in_flight_until_its_answer_is_sent() -> None:
     sfn = FakeSfn()
     release = threading.Event()
-    responder = Responder(sfn, FakeS3(), "prov", None, sleep=lambda _: release.wait(5))
+
+    def pause(_: float) -> None:
+        release.wait(5)
+
+    responder = Responder(sfn, FakeS3(), "prov", None, sleep=pause)
     run = TaskRun("token-0123456789abcdef", download_task(1), responder, "task", label="t")
     sfn.fail["send_task_success"] = [client_error("ThrottlingException")]
     done = threading.Thread(target=run.file_done, args=(run.task.files[0], FileResult(True, bytes=1)))

@@ -71,7 +71,7 @@ class Responder:
         provider_id: str,
         payload_bucket: str | None,
         on_lost: Callable[[], None] | None = None,
-        sleep: Callable[[float], object] = time.sleep,
+        sleep: Callable[[float], None] = time.sleep,
         retry_s: float = ANSWER_RETRY_S,
     ) -> None:
         self._sfn = sfn
