@@ -7,7 +7,9 @@ killing the whole process group ends the read.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -44,10 +46,8 @@ def pids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("PIDS", str(pid_dir))
     yield pid_dir
     for pid_file in pid_dir.iterdir():  # never leave a sleeper behind, even if a test fails
-        try:
-            os.kill(int(pid_file.name), 9)
-        except ProcessLookupError:
-            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid_file.name), signal.SIGKILL)
 
 
 def _connection() -> GridftpConnection:
