@@ -144,3 +144,13 @@ def test_a_cause_is_valid_json_within_the_limit(files: list[dict[str, Any]]) -> 
     assert len(text) <= limit
     decoded = json.loads(text)
     assert len(decoded["files"]) + decoded.get("omitted", 0) == len(files)
+
+
+def test_a_cancelled_task_that_step_functions_gave_up_is_not_counted_lost() -> None:
+    setup = _Setup()
+    setup.sfn.fail["send_task_failure"] = [client_error("TaskTimedOut")]
+    assert not setup.responder.failure(TOKEN, "TaskCancelled", "{}")
+    assert setup.lost == 0
+    setup.sfn.fail["send_task_failure"] = [client_error("TaskTimedOut")]
+    assert not setup.responder.failure(TOKEN, "SourceNotFound", "{}")
+    assert setup.lost == 1

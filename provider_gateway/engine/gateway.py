@@ -92,15 +92,16 @@ class Gateway:
         deadline = time.monotonic() + grace
         while self._in_flight() and time.monotonic() < deadline and not self._hard.is_set():
             self._hard.wait(0.2)
+        # One deadline for the cancelled tasks' answers and the threads' ends: grace + CANCEL_WAIT_S at most.
+        cancel_deadline = time.monotonic() + CANCEL_WAIT_S
         if self._in_flight():
             log.warning("cancelling %d task(s) still in flight: GatewayShutdown", self._in_flight())
             for runtime in self.runtimes:
                 runtime.cancel_all(shutdown_error())
-            cancel_deadline = time.monotonic() + CANCEL_WAIT_S
             while self._in_flight() and time.monotonic() < cancel_deadline:
-                time.sleep(0.1)
+                time.sleep(0.05)
         for runtime in self.runtimes:
-            runtime.stop_workers(timeout_s=CANCEL_WAIT_S)
+            runtime.stop_workers(timeout_s=max(1.0, cancel_deadline - time.monotonic()))
         log.info("stopped")
         self.stopped.set()
 

@@ -19,7 +19,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
 
 from provider_gateway.engine.heartbeat import TASK_GONE
-from provider_gateway.errors import InternalError, OutputTooLarge, TargetWriteFailed
+from provider_gateway.errors import InternalError, OutputTooLarge, TargetWriteFailed, TaskCancelled
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,13 @@ class Responder:
             error=error[:MAX_ERROR_CHARS],
             cause=cause[:MAX_CAUSE_CHARS],
         )
-        return True if refused is None else self._lost(token, "failure", refused)
+        if refused is None:
+            return True
+        if error == TaskCancelled.code and _code(refused) in TASK_GONE:
+            # Cancelled because Step Functions gave the task up: that it refuses the answer is expected.
+            log.info("task …%s: not answered, Step Functions no longer waits for it (%s)", token[-12:], _code(refused))
+            return False
+        return self._lost(token, "failure", refused)
 
     def _offload(self, output: dict[str, Any]) -> str:
         if not self._payload_bucket:
