@@ -12,8 +12,12 @@ import pytest
 
 from provider_gateway.local import moto_activities
 from provider_gateway.local.http_server import FileHTTPServer
+from tests import test_protocol_gridftp
 from tests.conftest import GatewayFactory
 from tests.support import create_state_machine, download_message, start, wait_done
+from tests.test_protocol_gridftp import Site
+
+site = test_protocol_gridftp.site  # the GridFTP server with X.509 logins, shared with its own tests
 
 MiB = 1024 * 1024
 # Beyond the grace period: cancelled reads end at once, so the answers and the exit follow within this.
@@ -142,3 +146,42 @@ def test_a_second_signal_ends_blocked_reads_at_once_and_still_answers_every_task
         stalled.close()
     assert code == 0
     assert took < AFTER_GRACE_S  # not the 60 s grace, nor the 60 s read timeout
+
+
+def test_sigterm_ends_a_gridftp_transfer_whose_server_froze(
+    site: Site, gateway: GatewayFactory, sfn: Any, s3: Any, bucket: str, activity: str
+) -> None:
+    grace_s = 2.0
+    site.server.put("frozen.h5", os.urandom(64 * MiB))
+    process = gateway(activity, site.with_certificate(), part_size_mb=5, shutdown_grace_s=grace_s)
+    machine = create_state_machine(sfn, activity)
+    answered_before = set(moto_activities.ANSWERS)
+    execution = start(sfn, machine, download_message([(site.url("frozen.h5"), bucket, "frozen.h5")]))
+    frozen: list[int] = []
+
+    def freeze() -> bool:  # the server's session stops mid-file, its connections left open
+        for pid in site.server.session_pids():
+            if site.server.bytes_read(pid) > 16 * MiB:
+                os.kill(pid, signal.SIGSTOP)
+                frozen.append(pid)
+        return bool(frozen)
+
+    try:
+        _wait("the session mid-file", freeze, timeout_s=60)
+        _wait("a part in S3", lambda: len(_uploads(s3, bucket)) == 1)
+        signalled = time.monotonic()
+        process.proc.send_signal(signal.SIGTERM)
+        code = process.proc.wait(grace_s + AFTER_GRACE_S)
+        took = time.monotonic() - signalled
+        result = wait_done(sfn, execution, timeout_s=10)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGKILL)
+
+    assert code == 0
+    assert took < grace_s + AFTER_GRACE_S
+    assert (result["status"], result.get("error")) == ("FAILED", "GatewayShutdown")
+    answers = {t: a for t, a in moto_activities.ANSWERS.items() if t not in answered_before}
+    assert [len(a) for a in answers.values()] == [1]
+    assert _uploads(s3, bucket) == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
