@@ -120,9 +120,9 @@ def run(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     gateway.serve_forever()
-    blockers = gateway.exit_blockers()
-    if blockers:  # every task is answered: nothing may hold the exit past ECS's stop timeout
-        log.warning("exiting without waiting for thread(s) %s", ", ".join(blockers))
+    stuck = gateway.stuck_threads()
+    if stuck:  # every task is answered or given up: nothing may hold the exit past ECS's stop timeout
+        log.warning("exiting without waiting for thread(s) %s", ", ".join(stuck))
         logging.shutdown()
         os._exit(0)
 

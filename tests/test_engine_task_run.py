@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from typing import Any
@@ -127,3 +128,16 @@ def test_a_task_without_files_is_answered_at_once() -> None:
     run.answer()
     assert run.finished.is_set()
     assert [m for m, _ in sfn.answers()] == ["send_task_success"]
+
+
+def test_giving_up_answers_the_files_still_running_once() -> None:
+    sfn = FakeSfn()
+    run = _run(sfn, 3)
+    run.file_done(run.task.files[0], FileResult(True, bytes=1))
+    run.give_up(GatewayShutdown("stop"))
+    run.give_up(GatewayShutdown("stop"))
+    run.file_done(run.task.files[1], FileResult(True, bytes=1))  # the stuck transfer ends later: ignored
+    assert run.finished.is_set()
+    [(method, call)] = sfn.answers()
+    assert (method, call["error"]) == ("send_task_failure", "GatewayShutdown")
+    assert json.loads(call["cause"])["files"][0]["success"] is True

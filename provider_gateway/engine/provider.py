@@ -177,6 +177,14 @@ class ProviderRuntime:
         for job in self.queue.drain():
             job.run.file_done(job.request, FileResult(False, error_code=reason.code, error=reason.message))
 
+    def give_up_all(self, reason: GatewayError) -> list[TaskRun]:
+        """Answer every task still in flight with ``reason`` without waiting for its transfers; returns them."""
+        with self._runs_lock:
+            runs = list(self._runs)
+        for run in runs:
+            threading.Thread(target=run.give_up, args=(reason,), name=f"give-up-{run.label}", daemon=True).start()
+        return runs
+
     def dead_threads(self) -> list[str]:
         """Names of connection and poller threads that have died (stopped ones do not count)."""
         dead = [w.name for w in self.workers if not w.thread.is_alive() and not w.stopping.is_set()]

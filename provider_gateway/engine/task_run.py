@@ -100,6 +100,18 @@ class TaskRun:
         with self._lock:
             self._connections = [c for c in self._connections if c is not connection]
 
+    def give_up(self, reason: GatewayError) -> None:
+        """Answer now with ``reason`` for every file still running (its transfer did not end when aborted)."""
+        self.cancel(reason)
+        failed = FileResult(False, error_code=reason.code, error=reason.message)
+        with self._lock:
+            missing = [i for i, result in enumerate(self._results) if result is None]
+            for index in missing:
+                self._results[index] = failed
+            self._remaining -= len(missing)
+        if missing:
+            self.answer()
+
     def file_done(self, request: FileRequest, result: FileResult) -> None:
         """Record a file's result; the last one answers the task. Never raises."""
         with self._lock:
