@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from types import FrameType
@@ -114,6 +115,11 @@ def run(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     gateway.serve_forever()
+    stuck = gateway.stuck_threads()
+    if stuck:  # every task is answered or given up: nothing may hold the exit past ECS's stop timeout
+        log.warning("exiting without waiting for thread(s) %s", ", ".join(stuck))
+        logging.shutdown()
+        os._exit(0)
 
 
 def _pool_size(config: Config) -> int:

@@ -5,16 +5,34 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from provider_gateway.local import moto_activities
 from provider_gateway.local.http_server import FileHTTPServer
+from tests import test_protocol_gridftp
 from tests.conftest import GatewayFactory
 from tests.support import create_state_machine, download_message, start, wait_done
+from tests.test_protocol_gridftp import Site
+
+site = test_protocol_gridftp.site  # the GridFTP server with X.509 logins, shared with its own tests
 
 MiB = 1024 * 1024
+# Beyond the grace period: cancelled reads end at once, so the answers and the exit follow within this.
+AFTER_GRACE_S = 5.0
+
+
+def _wait(what: str, predicate: Callable[[], bool], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _uploads(s3: Any, bucket: str) -> list[Any]:
+    return list(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
 
 
 @pytest.mark.parametrize(
@@ -35,10 +53,7 @@ def test_sigterm_with_four_transfers_in_flight(
         machine = create_state_machine(sfn, activity)
         answered_before = set(moto_activities.ANSWERS)
         executions = [start(sfn, machine, download_message([(provider.url(p), bucket, p[1:])])) for p in files]
-        deadline = time.monotonic() + 20
-        while process.log().count(" claimed: ") < 4 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert process.log().count(" claimed: ") == 4
+        _wait("every file requested", lambda: set(provider.requests) >= set(files))
 
         process.proc.send_signal(signal.SIGTERM)
         code = process.proc.wait(40)
@@ -54,33 +69,119 @@ def test_sigterm_with_four_transfers_in_flight(
         assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
     answers = {t: a for t, a in moto_activities.ANSWERS.items() if t not in answered_before}
     assert len(answers) == 4 and all(len(a) == 1 for a in answers.values()), answers
-    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert _uploads(s3, bucket) == []
 
 
-def test_a_second_signal_stops_at_once_and_still_answers_every_task(
+class _Stalled:
+    """Two 20 MiB files whose provider sends 9 MiB of each, then holds the connection open in silence."""
+
+    SIZE = 20 * MiB
+    SENT = 9 * MiB
+
+    def __init__(self, gateway: GatewayFactory, sfn: Any, s3: Any, bucket: str, activity: str, grace_s: float):
+        self.files = {f"/stalled{i}.h5": os.urandom(self.SIZE) for i in range(2)}
+        self.provider = FileHTTPServer(self.files).start()
+        self.provider.stalls = dict.fromkeys(self.files, self.SENT / self.SIZE)
+        self.process = gateway(
+            activity,
+            {"type": "http", "host": self.provider.host},
+            num_connections=2,
+            shutdown_grace_s=grace_s,
+            heartbeat_interval_s=1,
+        )
+        self.sfn, self.s3, self.bucket = sfn, s3, bucket
+        machine = create_state_machine(sfn, activity)
+        self.answered_before = set(moto_activities.ANSWERS)
+        self.executions = [
+            start(sfn, machine, download_message([(self.provider.url(p), bucket, p[1:])])) for p in self.files
+        ]
+        # Both transfers blocked in a read, each with a part already in S3.
+        _wait("the provider to stall", lambda: self.provider.bytes_served >= 2 * self.SENT)
+        _wait("the multipart uploads", lambda: len(_uploads(s3, bucket)) == 2)
+
+    def check_answered(self) -> None:
+        results = [wait_done(self.sfn, arn, timeout_s=10) for arn in self.executions]
+        assert [(r["status"], r.get("error")) for r in results] == [("FAILED", "GatewayShutdown")] * 2
+        answers = {t: a for t, a in moto_activities.ANSWERS.items() if t not in self.answered_before}
+        assert len(answers) == 2 and all(len(a) == 1 for a in answers.values()), answers
+        assert _uploads(self.s3, self.bucket) == []
+        assert "Contents" not in self.s3.list_objects_v2(Bucket=self.bucket)
+
+    def close(self) -> None:
+        self.provider.unstall.set()
+        self.provider.stop()
+
+
+def test_sigterm_ends_reads_blocked_on_a_silent_provider_after_the_grace_period(
     gateway: GatewayFactory, sfn: Any, s3: Any, bucket: str, activity: str
 ) -> None:
-    files = {f"/slow{i}.h5": os.urandom(8 * MiB) for i in range(2)}
-    with FileHTTPServer(files, rate_bytes_per_s=1 * MiB) as provider:
-        process = gateway(activity, {"type": "http", "host": provider.host}, num_connections=2, shutdown_grace_s=60)
-        machine = create_state_machine(sfn, activity)
-        answered_before = set(moto_activities.ANSWERS)
-        executions = [start(sfn, machine, download_message([(provider.url(p), bucket, p[1:])])) for p in files]
-        deadline = time.monotonic() + 20
-        while process.log().count(" claimed: ") < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+    grace_s = 2.0
+    stalled = _Stalled(gateway, sfn, s3, bucket, activity, grace_s)
+    try:
+        signalled = time.monotonic()
+        stalled.process.proc.send_signal(signal.SIGTERM)
+        code = stalled.process.proc.wait(grace_s + AFTER_GRACE_S)
+        took = time.monotonic() - signalled
+        stalled.check_answered()
+    finally:
+        stalled.close()
+    assert code == 0
+    assert grace_s <= took < grace_s + AFTER_GRACE_S  # the 60 s read timeout never decides
 
+
+def test_a_second_signal_ends_blocked_reads_at_once_and_still_answers_every_task(
+    gateway: GatewayFactory, sfn: Any, s3: Any, bucket: str, activity: str
+) -> None:
+    stalled = _Stalled(gateway, sfn, s3, bucket, activity, grace_s=60)
+    try:
+        stalled.process.proc.send_signal(signal.SIGTERM)
+        # Signals do not queue: the second is sent once the first was handled.
+        _wait("the first signal handled", lambda: "stopping after the tasks in flight" in stalled.process.log())
+        signalled = time.monotonic()
+        stalled.process.proc.send_signal(signal.SIGTERM)
+        code = stalled.process.proc.wait(AFTER_GRACE_S)
+        took = time.monotonic() - signalled
+        stalled.check_answered()
+    finally:
+        stalled.close()
+    assert code == 0
+    assert took < AFTER_GRACE_S  # not the 60 s grace, nor the 60 s read timeout
+
+
+def test_sigterm_ends_a_gridftp_transfer_whose_server_froze(
+    site: Site, gateway: GatewayFactory, sfn: Any, s3: Any, bucket: str, activity: str
+) -> None:
+    grace_s = 2.0
+    site.server.put("frozen.h5", os.urandom(64 * MiB))
+    process = gateway(activity, site.with_certificate(), part_size_mb=5, shutdown_grace_s=grace_s)
+    machine = create_state_machine(sfn, activity)
+    answered_before = set(moto_activities.ANSWERS)
+    execution = start(sfn, machine, download_message([(site.url("frozen.h5"), bucket, "frozen.h5")]))
+    frozen: list[int] = []
+
+    def freeze() -> bool:  # the server's session stops mid-file, its connections left open
+        for pid in site.server.session_pids():
+            if site.server.bytes_read(pid) > 16 * MiB:
+                os.kill(pid, signal.SIGSTOP)
+                frozen.append(pid)
+        return bool(frozen)
+
+    try:
+        _wait("the session mid-file", freeze, timeout_s=60)
+        _wait("a part in S3", lambda: len(_uploads(s3, bucket)) == 1)
+        signalled = time.monotonic()
         process.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        stopped_at = time.monotonic()
-        process.proc.send_signal(signal.SIGTERM)
-        code = process.proc.wait(30)
-        took = time.monotonic() - stopped_at
-        results = [wait_done(sfn, arn) for arn in executions]
+        code = process.proc.wait(grace_s + AFTER_GRACE_S)
+        took = time.monotonic() - signalled
+        result = wait_done(sfn, execution, timeout_s=10)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGKILL)
 
     assert code == 0
-    assert took < 10  # not the 60 s grace
-    assert [(r["status"], r.get("error")) for r in results] == [("FAILED", "GatewayShutdown")] * 2
+    assert took < grace_s + AFTER_GRACE_S
+    assert (result["status"], result.get("error")) == ("FAILED", "GatewayShutdown")
     answers = {t: a for t, a in moto_activities.ANSWERS.items() if t not in answered_before}
-    assert len(answers) == 2 and all(len(a) == 1 for a in answers.values()), answers
-    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert [len(a) for a in answers.values()] == [1]
+    assert _uploads(s3, bucket) == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)

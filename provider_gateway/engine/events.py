@@ -63,7 +63,6 @@ class Events:
         self.provider = provider_id
         self.metrics = metrics
         self.progress_interval_s = progress_interval_s
-        self._lock = threading.Lock()
 
     def _fields(self, event: str, **fields: object) -> dict[str, object]:
         return {"event": event, "provider": self.provider, **fields}

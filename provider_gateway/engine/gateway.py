@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 # After the grace period, how long cancelled transfers get to abort and answer.
 CANCEL_WAIT_S = 5.0
+# Then, how long the answers of tasks whose transfers are stuck get.
+GIVE_UP_WAIT_S = 2.0
 SUPERVISE_EVERY_S = 1.0
 # A thread that died is replaced this long after its death was seen.
 RESTART_DELAY_S = 5.0
@@ -90,17 +92,40 @@ class Gateway:
         deadline = time.monotonic() + grace
         while self._in_flight() and time.monotonic() < deadline and not self._hard.is_set():
             self._hard.wait(0.2)
+        # One deadline for the cancelled tasks' answers and the threads' ends: grace + CANCEL_WAIT_S at most.
+        cancel_deadline = time.monotonic() + CANCEL_WAIT_S
         if self._in_flight():
             log.warning("cancelling %d task(s) still in flight: GatewayShutdown", self._in_flight())
             for runtime in self.runtimes:
                 runtime.cancel_all(shutdown_error())
-            cancel_deadline = time.monotonic() + CANCEL_WAIT_S
             while self._in_flight() and time.monotonic() < cancel_deadline:
-                time.sleep(0.1)
+                time.sleep(0.05)
+            self._give_up()
         for runtime in self.runtimes:
-            runtime.stop_workers(timeout_s=CANCEL_WAIT_S)
+            runtime.stop_workers(timeout_s=max(1.0, cancel_deadline - time.monotonic()))
         log.info("stopped")
         self.stopped.set()
+
+    def _give_up(self) -> None:
+        """Answer the tasks whose transfers did not end when aborted, waiting at most GIVE_UP_WAIT_S."""
+        runs = [run for runtime in self.runtimes for run in runtime.give_up_all(shutdown_error())]
+        if runs:
+            log.error("%d task(s) still in flight after their connections were cut: answering them now", len(runs))
+        deadline = time.monotonic() + GIVE_UP_WAIT_S
+        for run in runs:
+            run.finished.wait(max(0.0, deadline - time.monotonic()))
+
+    def stuck_threads(self) -> list[str]:
+        """After :meth:`serve_forever`: threads that would hold the process's exit.
+
+        Connection threads still alive after the stop are stuck in a transfer
+        (a protocol whose abort did not end its read): the transfer manager's
+        threads they wait on are joined at exit. Non-daemon threads would be too.
+        """
+        workers = [w.thread for r in self.runtimes for w in r.workers if w.thread.is_alive()]
+        current = threading.current_thread()
+        others = [t for t in threading.enumerate() if t is not current and not t.daemon and t.is_alive()]
+        return [t.name for t in (*workers, *others)]
 
     def _in_flight(self) -> int:
         return sum(r.in_flight() for r in self.runtimes)

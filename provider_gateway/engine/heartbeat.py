@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -17,9 +16,9 @@ TASK_GONE = {"TaskTimedOut", "TaskDoesNotExist", "InvalidToken"}
 
 
 class Heartbeat:
-    """A thread sending heartbeats every ``interval_s``; ``on_lost`` runs if the task is gone.
+    """A thread sending heartbeats every ``interval_s`` from :meth:`start` to :meth:`stop`.
 
-    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    ``on_lost`` runs (once, in that thread) if Step Functions says the task is gone.
     """
 
     def __init__(
@@ -39,23 +38,13 @@ class Heartbeat:
         self.sent = 0
 
     def start(self) -> Heartbeat:
+        """Start sending; returns self."""
         self._thread.start()
         return self
 
     def stop(self) -> None:
         """Stop sending; returns at once (the thread ends within a second or one API call)."""
         self._stopped.set()
-
-    def __enter__(self) -> Heartbeat:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _run(self) -> None:
         while not self._stopped.wait(self._interval):
@@ -67,8 +56,14 @@ class Heartbeat:
                 if code in TASK_GONE:
                     if not self._stopped.is_set():
                         log.warning("heartbeat refused (%s): cancelling the task", code)
-                        self._on_lost(code)
+                        self._lose(code)
                     return
                 log.warning("heartbeat failed, will retry: %s", exc)
             except BotoCoreError as exc:
                 log.warning("heartbeat failed, will retry: %s", exc)
+
+    def _lose(self, code: str) -> None:
+        try:
+            self._on_lost(code)
+        except Exception:  # the cancel must not die silently with this thread
+            log.exception("cancelling a task whose heartbeat was refused failed")

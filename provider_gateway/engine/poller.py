@@ -5,19 +5,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from provider_gateway.engine.work_queue import WorkQueue
-from provider_gateway.errors import GatewayError, GatewayShutdown, InvalidRequest
+from provider_gateway.errors import GatewayError, GatewayShutdown, InternalError
 
 log = logging.getLogger(__name__)
 
 POLL_ERROR_BACKOFF_S = (1, 2, 5, 10, 30)
 
-# Builds the jobs of a claimed task (starting its heartbeat), or raises InvalidRequest.
+# Builds the jobs of a claimed task (starting its heartbeat), or raises (InvalidRequest for bad input).
 TaskStarter = Callable[[str, str | None], list[Any]]
 # Answers a claimed task that will not run with a failure.
 TaskRefuser = Callable[[str, GatewayError], None]
@@ -36,6 +36,8 @@ class ActivityPoller:
         worker_name: str,
         name: str,
         on_error: Callable[[], None] | None = None,
+        backoff_s: Sequence[float] = POLL_ERROR_BACKOFF_S,
+        wait: Callable[[float], object] | None = None,
     ) -> None:
         self._sfn = sfn
         self._arn = activity_arn
@@ -49,6 +51,9 @@ class ActivityPoller:
         self.name = name
         self.activity_arn = activity_arn
         self._on_error = on_error
+        self._backoff_s = tuple(backoff_s)
+        self._wait = wait or self.stopping.wait
+        """Sleeps between failed polls (the stop event's wait, so a stop cuts it short)."""
         self.failing_since: float | None = None
         """When GetActivityTask began failing without a success since (monotonic), or None."""
 
@@ -68,17 +73,17 @@ class ActivityPoller:
                 failures = 0
                 self.failing_since = None
             except (ClientError, BotoCoreError) as exc:
-                delay = POLL_ERROR_BACKOFF_S[min(failures, len(POLL_ERROR_BACKOFF_S) - 1)]
+                delay = self._backoff_s[min(failures, len(self._backoff_s) - 1)]
                 failures += 1
                 if self.failing_since is None:
                     self.failing_since = time.monotonic()
                 if self._on_error is not None:
                     self._on_error()
                 log.error("GetActivityTask on %s failed (retrying in %ss): %s", self._arn, delay, exc)
-                self.stopping.wait(delay)
+                self._wait(delay)
             except Exception:  # a bug must not kill the poller: log it and keep polling
                 log.exception("unexpected failure while claiming a task")
-                self.stopping.wait(1)
+                self._wait(self._backoff_s[0])
             finally:
                 self._queue.fulfil(jobs)
 
@@ -91,9 +96,16 @@ class ActivityPoller:
         if self.stopping.is_set():
             self._refuse(token, GatewayShutdown("the gateway was stopping when this task arrived"))
             return []
+        return self._start(token, response.get("input"))
+
+    def _start(self, token: str, raw_input: str | None) -> list[Any]:
+        """The task's jobs; a task that cannot start is answered here, whatever went wrong."""
         try:
-            return self._start_task(token, response.get("input"))
-        except InvalidRequest as exc:
-            log.warning("refused an invalid task: %s", exc.message)
+            return self._start_task(token, raw_input)
+        except GatewayError as exc:
+            log.warning("refused a task (%s): %s", exc.code, exc.message)
             self._refuse(token, exc)
-            return []
+        except Exception as exc:  # a bug must not leave the claimed task unanswered
+            log.exception("starting a claimed task failed")
+            self._refuse(token, InternalError(f"the task could not be started: {type(exc).__name__}: {exc}"[:1000]))
+        return []

@@ -18,7 +18,7 @@ from provider_gateway.engine.responder import Responder
 from provider_gateway.engine.task_run import FileJob, TaskRun
 from provider_gateway.engine.work_queue import WorkQueue
 from provider_gateway.engine.worker import ConnectionWorker
-from provider_gateway.errors import GatewayError, GatewayShutdown, TaskCancelled
+from provider_gateway.errors import GatewayError, GatewayShutdown, InvalidRequest, TaskCancelled
 from provider_gateway.messages import DownloadTask, FileResult, parse_download_task, parse_sync_task
 from provider_gateway.ops.metrics import Metrics
 from provider_gateway.protocols import ConnectionSettings, check_url, connection_factory
@@ -44,7 +44,13 @@ class ProviderRuntime:
         self._worker_name = worker_name
         self._dead_since: dict[str, float] = {}
         self.queue: WorkQueue[FileJob] = WorkQueue(gateway.num_connections)
-        self._responder = Responder(sfn, s3, provider.id, gateway.payload_bucket)
+        self._responder = Responder(
+            sfn,
+            s3,
+            provider.id,
+            gateway.payload_bucket,
+            on_lost=lambda: self.events.metrics.answers_lost.labels(provider.id).inc(),
+        )
         self._runs: set[TaskRun] = set()
         self._runs_lock = threading.Lock()
         self.workers = [self._worker(f"{provider.id}-conn-{i + 1}") for i in range(gateway.num_connections)]
@@ -95,27 +101,52 @@ class ProviderRuntime:
         )
 
     def _start_task(self, token: str, raw_input: str | None, parse: TaskParser) -> list[FileJob]:
+        """The jobs of a claimed task, its heartbeat started; raises InvalidRequest for input it cannot take.
+
+        Anything else raised here leaves nothing running: the poller answers the task.
+        """
+        task = self._parse(raw_input, parse)
         gateway = self.provider.gateway
-        task = parse(
-            raw_input,
-            url_check=functools.partial(check_url, gateway.conn),
-            allowed_buckets=gateway.allowed_buckets,
-            read_pointer=self._read_pointer,
-            payload_bucket=gateway.payload_bucket,
-        )
         run = TaskRun(token, task, self._responder, gateway.failure_mode, label=token[-12:])
         run.on_answered = functools.partial(self._answered, run)
-        run.heartbeat = Heartbeat(
+        heartbeat = Heartbeat(
             self._sfn,
             token,
             gateway.heartbeat_interval_s,
             on_lost=lambda code: run.cancel(TaskCancelled(f"Step Functions answered {code}")),
             name=f"{self.provider.id}-heartbeat-{token[-8:]}",
-        ).start()
-        with self._runs_lock:
-            self._runs.add(run)
-        self.events.task_claimed(run.label, task.kind, len(task.files))
-        return run.jobs()
+        )
+        run.heartbeat = heartbeat
+        try:
+            jobs = run.jobs()
+            with self._runs_lock:
+                self._runs.add(run)
+            heartbeat.start()
+            self.events.task_claimed(run.label, task.kind, len(task.files))
+        except BaseException:
+            heartbeat.stop()
+            with self._runs_lock:
+                self._runs.discard(run)
+            raise
+        if not jobs:
+            run.answer()  # nothing to copy: answered now, not never
+        return jobs
+
+    def _parse(self, raw_input: str | None, parse: TaskParser) -> DownloadTask:
+        gateway = self.provider.gateway
+        try:
+            return parse(
+                raw_input,
+                url_check=functools.partial(check_url, gateway.conn),
+                allowed_buckets=gateway.allowed_buckets,
+                read_pointer=self._read_pointer,
+                payload_bucket=gateway.payload_bucket,
+            )
+        except GatewayError:
+            raise
+        except Exception as exc:  # whatever the parser could not take is the request's fault
+            log.warning("the task message could not be parsed", exc_info=True)
+            raise InvalidRequest(f"the task input could not be read: {type(exc).__name__}: {exc}"[:1000]) from exc
 
     def _answered(self, run: TaskRun, error_code: str | None, files: int, failed: int) -> None:
         with self._runs_lock:
@@ -148,6 +179,14 @@ class ProviderRuntime:
             run.cancel(reason)
         for job in self.queue.drain():
             job.run.file_done(job.request, FileResult(False, error_code=reason.code, error=reason.message))
+
+    def give_up_all(self, reason: GatewayError) -> list[TaskRun]:
+        """Answer every task still in flight with ``reason`` without waiting for its transfers; returns them."""
+        with self._runs_lock:
+            runs = list(self._runs)
+        for run in runs:
+            threading.Thread(target=run.give_up, args=(reason,), name=f"give-up-{run.label}", daemon=True).start()
+        return runs
 
     def dead_threads(self) -> list[str]:
         """Names of connection and poller threads that have died (stopped ones do not count)."""

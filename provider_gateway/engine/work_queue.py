@@ -48,12 +48,6 @@ class WorkQueue(Generic[T]):
             self._jobs.extend(jobs)
             self._cond.notify_all()
 
-    def put(self, jobs: Iterable[T]) -> None:
-        """Queue jobs without a reservation."""
-        with self._cond:
-            self._jobs.extend(jobs)
-            self._cond.notify_all()
-
     def get(self, timeout: float = WAKE_S) -> T | None:
         """The next job (the caller is then busy until :meth:`done`), or None after ``timeout``."""
         with self._cond:

@@ -11,7 +11,7 @@ from typing import Any
 
 from provider_gateway.config.model import ConnConfig
 from provider_gateway.engine.events import Events, FileProgress
-from provider_gateway.engine.task_run import FileJob
+from provider_gateway.engine.task_run import FileJob, TaskRun
 from provider_gateway.engine.work_queue import WorkQueue
 from provider_gateway.errors import InternalError
 from provider_gateway.messages import FileResult
@@ -94,10 +94,13 @@ class ConnectionWorker:
                 self.current = job
                 try:
                     self._serve(job)
+                except Exception as exc:  # a bug or a hostile message: the file is answered, the thread lives
+                    log.exception("serving a file failed")
+                    self._disconnect()
+                    job.run.file_done(job.request, _internal_failure(exc))
                 except BaseException as exc:
-                    # The thread is dying (a bug, or killed): the file still gets its answer.
-                    error = InternalError(f"the connection thread died: {type(exc).__name__}: {exc}")
-                    job.run.file_done(job.request, FileResult(False, error_code=error.code, error=error.message))
+                    # The thread is dying (killed): the file still gets its answer.
+                    job.run.file_done(job.request, _internal_failure(exc, "the connection thread died: "))
                     raise
                 finally:
                     self.current = None
@@ -130,27 +133,69 @@ class ConnectionWorker:
         def on_size(size: int | None) -> None:
             progress.size, progress.bytes = size, 0  # also a restart from byte 0
 
-        outcome = copy_file(
-            self._connect,
-            request,
-            self._s3,
-            self._options,
-            run.stop,
-            run.cancelled,
-            progress=lambda amount: self._events.bytes_read(progress, amount),
-            on_size=on_size,
-            uploader=self._upload,
-        )
+        with _Serving(run, self._connect) as connect:
+            outcome = copy_file(
+                connect,
+                request,
+                self._s3,
+                self._options,
+                run.stop,
+                run.cancelled,
+                progress=lambda amount: self._events.bytes_read(progress, amount),
+                on_size=on_size,
+                uploader=self._upload,
+            )
         if not outcome.result.success and outcome.result.error_code in _RECONNECT_CODES:
             self._disconnect()
         started = time.monotonic() - outcome.seconds
 
         def finish(_: object = None) -> None:
-            result = settle(outcome)
-            self._events.file_finished(progress, result, time.monotonic() - started)
+            try:
+                result = settle(outcome)
+                self._events.file_finished(progress, result, time.monotonic() - started)
+            except Exception as exc:
+                log.exception("finishing a file failed")
+                result = _internal_failure(exc)
             run.file_done(request, result)
 
         if outcome.pending is None:
             finish()
         else:
             outcome.pending.add_done_callback(finish)
+
+
+class _Serving:
+    """While a file is copied, the connection serving it is attached to its task, so a cancel aborts it.
+
+    Entering returns the ``connect`` the copy calls: it attaches each
+    connection it hands out (a reconnect replaces the attached one).
+    """
+
+    def __init__(self, run: TaskRun, connect: Callable[[], Connection]) -> None:
+        self._run = run
+        self._connect = connect
+        self._attached: Connection | None = None
+
+    def __enter__(self) -> Callable[[], Connection]:
+        return self.connect
+
+    def connect(self) -> Connection:
+        connection = self._connect()
+        if connection is not self._attached:
+            self._release()
+            self._attached = connection
+            self._run.attach(connection)
+        return connection
+
+    def _release(self) -> None:
+        if self._attached is not None:
+            self._run.detach(self._attached)
+            self._attached = None
+
+    def __exit__(self, *exc: object) -> None:
+        self._release()
+
+
+def _internal_failure(exc: BaseException, prefix: str = "") -> FileResult:
+    error = InternalError(f"{prefix}{type(exc).__name__}: {exc}"[:1000])
+    return FileResult(False, error_code=error.code, error=error.message)

@@ -54,6 +54,12 @@ class Metrics:
             ["provider", "activity"],
             registry=self.registry,
         )
+        self.answers_lost = Counter(
+            "provider_gateway_answers_lost",
+            "Claimed tasks whose SendTaskSuccess/SendTaskFailure failed for good (after retries).",
+            ["provider"],
+            registry=self.registry,
+        )
         self.thread_restarts = Counter(
             "provider_gateway_thread_restarts",
             "Connection or poller threads that died and were replaced.",

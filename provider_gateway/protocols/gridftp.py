@@ -25,6 +25,7 @@ import select
 import shutil
 import signal
 import subprocess
+import threading
 from urllib.parse import quote, urlsplit
 
 from provider_gateway.config.model import GridftpConnConfig
@@ -92,7 +93,10 @@ class GridftpStream:
         if not self._poll.poll(self._owner.read_timeout_s * 1000):
             self._stop()
             raise SourceUnavailable(f"{self._what}: no data for {self._owner.read_timeout_s:g} s")
-        piece = os.read(self._fd, min(amount, PIPE_SIZE))
+        try:
+            piece = os.read(self._fd, min(amount, PIPE_SIZE))
+        except (OSError, ValueError) as exc:  # the pipe was closed under us
+            raise SourceUnavailable(f"{self._what}: reading {PROGRAM}'s output failed: {exc}") from exc
         if piece:
             return piece
         self._ended = True
@@ -109,13 +113,14 @@ class GridftpStream:
         assert self._process.stderr is not None  # started with stderr=PIPE
         err = self._process.stderr.read().decode("utf-8", "replace")
         self._release()
+        if self._owner.aborted:
+            raise SourceUnavailable(f"{self._what}: aborted ({PROGRAM} killed)")
         if self._process.returncode != 0:
             raise translate(err, self._process.returncode, self._what, self._owner.secrets)
 
     def _stop(self) -> None:
         if self._process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGKILL)
+            _kill(self._process)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._process.wait(timeout=EXIT_WAIT_S)
         self._release()
@@ -139,6 +144,10 @@ class GridftpConnection:
         self.read_timeout_s = settings.read_timeout_s
         self.secrets = (conn.password or "",)
         self._env = self._environment()
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self.aborted = False
+        """Set by :meth:`abort`: the connection runs nothing more."""
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -171,6 +180,8 @@ class GridftpConnection:
     def open(self, url: str, offset: int = 0) -> GridftpStream:
         parts = urlsplit(url)
         what = f"{parts.scheme}://{self._conn.host}:{self._conn.port}{parts.path}"
+        if self.aborted:
+            raise SourceUnavailable(f"{what}: the connection was aborted")
         command = [self._program, "-st", str(int(self.read_timeout_s))]
         if not self._conn.data_channel_auth:
             command.append("-nodcau")
@@ -188,6 +199,11 @@ class GridftpConnection:
             )
         except OSError as exc:
             raise SourceUnavailable(f"{what}: cannot run {PROGRAM}: {exc}") from exc
+        with self._lock:
+            self._process = process
+            aborted = self.aborted
+        if aborted:  # abort() ran while the program started: it did not see it
+            _kill(process)
         assert process.stdin is not None  # started with stdin=PIPE
         try:
             process.stdin.write(f"{self.source_url(url)} file:///dev/stdout\n".encode())
@@ -197,7 +213,22 @@ class GridftpConnection:
         return GridftpStream(self, process, what)
 
     def check(self) -> bool:
-        return True  # nothing is held open between files
+        return not self.aborted  # otherwise nothing is held open between files
 
     def close(self) -> None:
         pass
+
+    def abort(self) -> None:
+        """Kill the running ``globus-url-copy`` (its whole process group): a blocked read sees its end at once."""
+        with self._lock:
+            self.aborted = True
+            process = self._process
+        if process is not None:
+            _kill(process)
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the program's process group (it runs in a session of its own); never blocks."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)

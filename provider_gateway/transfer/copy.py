@@ -96,10 +96,16 @@ def copy_file(
     try:
         result = copier.copy(request)
     except GatewayError as exc:
-        result = FileResult(success=False, error_code=exc.code, error=exc.message)
-    except Exception as exc:  # a bug must fail one file, not the connection thread
-        log.exception("unexpected failure copying %s", redact_url(request.url))
-        error = InternalError(f"{type(exc).__name__}: {exc}")
+        reason = cancelled()
+        # A cancel's reason wins over what the aborted connection raised (but not over a final answer).
+        error = reason if reason is not None and exc.retryable else exc
+        result = FileResult(success=False, error_code=error.code, error=error.message)
+    except Exception as exc:
+        error = cancelled() or InternalError(f"{type(exc).__name__}: {exc}")
+        if not isinstance(error, InternalError):  # a library's error from the connection it was aborted in
+            log.debug("copy of a cancelled task's file ended with %r", exc)
+        else:  # a bug must fail one file, not the connection thread
+            log.exception("unexpected failure copying %s", redact_url(request.url))
         result = FileResult(success=False, error_code=error.code, error=error.message)
     return CopyOutcome(result=result, seconds=time.monotonic() - started, pending=copier.pending)
 

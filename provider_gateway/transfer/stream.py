@@ -91,11 +91,14 @@ class TransferStream:
         while True:
             try:
                 piece = self._source.read(amount)
-            except GatewayError as exc:
-                if not (exc.retryable and self._can_resume()):
+            except Exception as exc:
+                self._raise_if_cancelled(exc)
+                if not (isinstance(exc, GatewayError) and exc.retryable and self._can_resume()):
                     raise
                 self._resume(exc)
                 continue
+            if not piece:
+                self._check_cancelled()  # an aborted connection may look like an end: never trust it then
             if piece or not self._ended_early():
                 return piece
             self._resume(SourceUnavailable(f"the source ended at byte {self.bytes} of {self._source.size}"))
@@ -124,6 +127,12 @@ class TransferStream:
         reason = self._cancelled()
         if reason is not None:
             raise reason
+
+    def _raise_if_cancelled(self, failure: Exception) -> None:
+        """A read that failed because its task was cancelled (its connection aborted) fails with the cancel's reason."""
+        reason = self._cancelled()
+        if reason is not None:
+            raise reason from failure
 
     def _account(self, piece: bytes) -> None:
         self.bytes += len(piece)

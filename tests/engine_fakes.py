@@ -1,0 +1,142 @@
+"""In-memory stand-ins for the engine's collaborators (Step Functions, S3, a provider connection).
+
+They let the engine's parts be tested in milliseconds; the end-to-end
+tests run the same parts against real servers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from provider_gateway.errors import SourceUnavailable
+from provider_gateway.messages import DownloadTask, FileRequest
+
+
+def client_error(code: str, status: int = 400, operation: str = "SendTaskSuccess") -> ClientError:
+    """The ClientError botocore raises for an error answer ``code`` with HTTP ``status``."""
+    return ClientError(
+        {"Error": {"Code": code, "Message": f"{code} (fake)"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        operation,
+    )
+
+
+class FakeSfn:
+    """Records every call; ``fail[method]`` lists exceptions raised by that method's next calls, in order."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.fail: dict[str, list[BaseException]] = defaultdict(list)
+        self.always_fail: dict[str, BaseException] = {}
+        self.tasks: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self.changed = threading.Condition(self._lock)
+
+    def _call(self, method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self.calls[method].append(kwargs)
+            self.changed.notify_all()
+            if method in self.always_fail:
+                raise self.always_fail[method]
+            if self.fail[method]:
+                raise self.fail[method].pop(0)
+            if method == "get_activity_task":
+                return self.tasks.pop(0) if self.tasks else {}
+            return {}
+
+    def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+        """Wait until ``predicate()`` holds (checked at every call), up to ``timeout_s``."""
+        with self._lock:
+            return self.changed.wait_for(predicate, timeout_s)
+
+    def answers(self) -> list[tuple[str, dict[str, Any]]]:
+        """The SendTaskSuccess/Failure calls made, in order."""
+        return [(m, c) for m in ("send_task_success", "send_task_failure") for c in self.calls[m]]
+
+    def send_task_success(self, **kwargs: Any) -> dict[str, Any]:
+        return self._call("send_task_success", kwargs)
+
+    def send_task_failure(self, **kwargs: Any) -> dict[str, Any]:
+        return self._call("send_task_failure", kwargs)
+
+    def send_task_heartbeat(self, **kwargs: Any) -> dict[str, Any]:
+        return self._call("send_task_heartbeat", kwargs)
+
+    def get_activity_task(self, **kwargs: Any) -> dict[str, Any]:
+        return self._call("get_activity_task", kwargs)
+
+
+class FakeS3:
+    """put_object into a dict, or raising ``fail`` when set."""
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.objects: dict[tuple[str, str], bytes] = {}
+        self.fail = fail
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes, **_: Any) -> dict[str, Any]:  # noqa: N803 - boto3's names
+        if self.fail is not None:
+            raise self.fail
+        self.objects[(Bucket, Key)] = Body
+        return {}
+
+
+class BlockingStream:
+    """A source that sends ``head`` and then blocks (a silent provider) until its connection is aborted."""
+
+    def __init__(self, connection: FakeConnection, head: bytes) -> None:
+        self._connection = connection
+        self._head = head
+        self.size: int | None = None
+
+    def read(self, amount: int) -> bytes:
+        if self._head:
+            piece, self._head = self._head[:amount], self._head[amount:]
+            return piece
+        self._connection.reading.set()
+        if not self._connection.aborted.wait(10):
+            raise AssertionError("the blocked read was never aborted")
+        raise SourceUnavailable("connection aborted")
+
+    def close(self) -> None:
+        pass
+
+
+class FakeConnection:
+    """A provider connection whose reads block after ``head`` until :meth:`abort`."""
+
+    def __init__(self, head: bytes = b"x" * 1000) -> None:
+        self.head = head
+        self.aborted = threading.Event()
+        self.reading = threading.Event()
+        self.aborts = 0
+        self.closed = False
+
+    def open(self, url: str, offset: int = 0) -> BlockingStream:
+        if self.aborted.is_set():
+            raise SourceUnavailable("the connection was aborted")
+        return BlockingStream(self, self.head)
+
+    def check(self) -> bool:
+        return not self.aborted.is_set()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborts += 1
+        self.aborted.set()
+
+
+def download_task(count: int, entry: dict[str, Any] | None = None) -> DownloadTask:
+    """A parsed download task of ``count`` files (each file's entry is ``entry``, or a plain one)."""
+    files = tuple(
+        FileRequest(index=i, url=f"http://provider.test/f{i}", bucket="bkt", key=f"f{i}", size=10_000)
+        for i in range(count)
+    )
+    entries = tuple(dict(entry) if entry is not None else {"url": f.url} for f in files)
+    message = {"payload": {"files": [dict(e) for e in entries]}, "config": {}}
+    return DownloadTask(message=message, payload=message["payload"], files=files, entries=entries)
