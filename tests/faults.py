@@ -23,6 +23,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -61,13 +62,22 @@ def _hard_close(sock: socket.socket) -> None:
         sock.close()
 
 
-def _hung_up(sock: socket.socket) -> bool:
-    """Whether the peer closed ``sock`` (its end of file is the next thing to read)."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (OSError, ValueError):
-        return True
+def _hung_up(sock: socket.socket, settle_s: float = 0.0) -> bool:
+    """Whether the peer closed ``sock``: its end of file is the next thing to read, or will be
+    once the bytes it sent before (still being relayed) are consumed, within ``settle_s``."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable:
+                return False
+            if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                return True
+        except (OSError, ValueError):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
 
 
 def _quiet_close(sock: socket.socket) -> None:
@@ -86,6 +96,7 @@ class _Session:
     counted: bool
     control: _Session | None = None  # for an FTP data connection: its control session
     cut: threading.Event = field(default_factory=threading.Event)
+    opened: float = field(default_factory=time.monotonic)
     write_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -107,6 +118,7 @@ class FaultProxy:
         self.max_open = 0
         self.total = 0
         self.denied: list[str] = []
+        self.peak = ""  # the sessions open when max_open was reached
         self._lock = threading.Lock()
         self._sessions: set[_Session] = set()
         self._listeners: list[socket.socket] = []
@@ -139,7 +151,9 @@ class FaultProxy:
                 if session.counted:
                     self.total += 1
                     self.open += 1
-                    self.max_open = max(self.max_open, self.open)
+                    if self.open > self.max_open:
+                        self.max_open = self.open
+                        self.peak = self._describe()
             if self._ftp and data_port is None:
                 down, up = self._ftp_replies, self._ftp_commands
             else:
@@ -168,11 +182,19 @@ class FaultProxy:
         done[1].wait(120 if session.cut.is_set() else 0.5)
         self._end(session)
 
+    def _describe(self) -> str:
+        now = time.monotonic()
+        return ", ".join(
+            f"opened {now - s.opened:.2f}s ago{' (faulted)' if s.cut.is_set() else ''}"
+            for s in sorted(self._sessions, key=lambda s: s.opened)
+            if s.counted
+        )
+
     def _end_hung_up(self) -> None:
         with self._lock:
             sessions = [s for s in self._sessions if s.counted]
         for session in sessions:
-            if _hung_up(session.client):
+            if _hung_up(session.client, settle_s=0.5 if session.cut.is_set() else 0.0):
                 self._end(session)
 
     def _end(self, session: _Session, hard: bool = False) -> None:
@@ -367,7 +389,7 @@ class StepFunctionsProxy:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 action = self.headers.get("X-Amz-Target", "").rsplit(".", 1)[-1]
                 token = _token(body)

@@ -258,7 +258,7 @@ class Run:
             stack.callback(s3_proxy.close)
             activity = create_activity(self.sfn, "faults")
             process = self._gateway(activity, proxy, sfn_proxy, s3_proxy)
-            stack.callback(lambda: process.proc.poll() is None and os.killpg(process.proc.pid, signal.SIGKILL))
+            stack.callback(self._kill_if_running, process)
             machine = create_state_machine(self.sfn, activity, heartbeat_s=30, timeout_s=600)
             executions = [
                 start(
@@ -277,6 +277,11 @@ class Run:
                 self.outcome.violations.append("gateway log tail:\n" + process.log()[-4000:])
         return self.outcome
 
+    @staticmethod
+    def _kill_if_running(process: GatewayProcess) -> None:
+        if process.proc.poll() is None:
+            os.killpg(process.proc.pid, signal.SIGKILL)
+
     def _provider_proxy(self) -> FaultProxy:
         plan, providers = self.plan, self.providers
         if plan.protocol == "http":
@@ -289,7 +294,7 @@ class Run:
             if plan.protocol == "ftp":
                 for index, fraction in plan.server_aborts.items():
                     providers.ftp.resets[self.names[index]] = [fraction]
-                proxy = FaultProxy(providers.ftp.port, ftp=True, deny=frozenset() if plan.sized else {"SIZE"})
+                proxy = FaultProxy(providers.ftp.port, ftp=True, deny=frozenset(() if plan.sized else ("SIZE",)))
             else:
                 assert providers.sshd is not None
                 proxy = FaultProxy(providers.sshd.port)
@@ -306,7 +311,13 @@ class Run:
         if protocol == "http":
             return {"type": "http", "host": f"127.0.0.1:{proxy.port}"}
         if protocol == "ftp":
-            return {"type": "ftp", "host": "127.0.0.1", "port": proxy.port, "username": "provider", "password": "secret"}
+            return {
+                "type": "ftp",
+                "host": "127.0.0.1",
+                "port": proxy.port,
+                "username": "provider",
+                "password": "secret",
+            }
         sshd = self.providers.sshd
         assert sshd is not None
         return {
@@ -411,12 +422,16 @@ class Run:
             body = self._object(item["Key"])
             if body != self.data.get(item["Key"]):
                 size = len(self.data.get(item["Key"], b""))
-                out.violations.append(f"object {item['Key']} has {len(body or b'')} bytes, not the {size} of the source")
+                out.violations.append(
+                    f"object {item['Key']} has {len(body or b'')} bytes, not the {size} of the source"
+                )
         uploads = self.s3.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
         if uploads:
             out.violations.append(f"multipart uploads left: {[u['Key'] for u in uploads]}")
         if proxy.max_open > plan.num_connections:
-            out.violations.append(f"the provider saw {proxy.max_open} sessions at once, over {plan.num_connections}")
+            out.violations.append(
+                f"the provider saw {proxy.max_open} sessions at once, over {plan.num_connections}: {proxy.peak}"
+            )
         healable = plan.sigterm_after_s is None and (plan.s3_fault is None or plan.s3_fault[1] != "AccessDenied")
         if healable and out.statuses != ["SUCCEEDED"] * len(executions):
             causes = [
