@@ -389,6 +389,10 @@ class StepFunctionsProxy:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
                 pass
 
+            def handle(self) -> None:
+                with contextlib.suppress(ConnectionError):  # the gateway exited: nobody to answer
+                    super().handle()
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 action = self.headers.get("X-Amz-Target", "").rsplit(".", 1)[-1]
