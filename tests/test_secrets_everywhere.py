@@ -17,6 +17,8 @@ import logging
 import os
 import re
 import subprocess
+import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -124,9 +126,19 @@ class Providers:
     sftp: InProcessSFTPServer
     sftp_key: InProcessSFTPServer
     key_file: Path
+    release: threading.Event
 
 
-def _token_handler(tripwire: HTTPServer) -> Any:
+SLOW = b"s" * 200_000
+
+
+def _slow_body(release: threading.Event) -> Iterator[bytes]:
+    yield SLOW[:50_000]
+    release.wait(60)  # in flight until the test has read /status
+    yield SLOW[50_000:]
+
+
+def _token_handler(tripwire: HTTPServer, release: threading.Event) -> Any:
     def handle(request: Request) -> Response:
         if request.headers.get("Authorization") != f"Bearer {TOKEN}" or request.headers.get("X-Api-Key") != HEADER:
             return Response(b"", status=401)
@@ -134,6 +146,9 @@ def _token_handler(tripwire: HTTPServer) -> Any:
             return Response(b"", status=302, headers={"Location": f"http://127.0.0.1:{tripwire.port}/cdn.bin?{QUERY}"})
         if request.path == "/ok.bin":
             return Response(b"token-ok")
+        if request.path == "/slow.bin":
+            headers = {"Content-Length": str(len(SLOW))}
+            return Response(_slow_body(release), headers=headers, direct_passthrough=True)
         return Response(b"", status=404)
 
     return handle
@@ -154,13 +169,15 @@ def providers(tmp_path: Path) -> Iterator[Providers]:
         tripwire.start()
         stack.callback(tripwire.stop)
         token = HTTPServer(threaded=True)
-        token.expect_request(re.compile("/.*")).respond_with_handler(_token_handler(tripwire))
+        release = threading.Event()
+        stack.callback(release.set)
+        token.expect_request(re.compile("/.*")).respond_with_handler(_token_handler(tripwire, release))
         token.start()
         stack.callback(token.stop)
         ftp = stack.enter_context(FileFTPServer(root, password=FTP_PW))
         sftp = stack.enter_context(InProcessSFTPServer(root, password=SFTP_PW))
         sftp_key = stack.enter_context(InProcessSFTPServer(root, password=_secret("unused"), authorized_key=public))
-        yield Providers(http, token, tripwire, ftp, sftp, sftp_key, key_file)
+        yield Providers(http, token, tripwire, ftp, sftp, sftp_key, key_file, release)
 
 
 def _token_url(p: Providers) -> Any:
@@ -271,7 +288,18 @@ def _run_gateway(
     )
     outcomes: dict[str, str] = {}
     try:
-        executions = [
+        slow = start(
+            sfn,
+            create_state_machine(sfn, activities["HTTP_TOKEN"]),
+            download_message([(_token_url(p)(f"/slow.bin?{QUERY}"), bucket, "token-slow")]),
+        )
+        wait_for_port(port)
+        _read_endpoints(port, seen, in_flight="slow.bin")  # /status shows the file in flight
+        p.release.set()
+        executions: list[tuple[str, dict[str, Any]]] = [
+            (slow, {"payload": {"files": [{"target": {"key": "token-slow"}}]}})
+        ]
+        executions += [
             (start(sfn, create_state_machine(sfn, activities[pid]), message), message)
             for pid, messages in _tasks(p, bucket).items()
             for message in messages
@@ -281,11 +309,8 @@ def _run_gateway(
             seen.add(f"execution {arn[-8:]}", {k: done.get(k) for k in ("output", "error", "cause")})
             for entry in _file_results(done) or message["payload"]["files"]:
                 key = entry["target"]["key"]
-                outcomes[key] = "ok" if entry.get("success") else entry.get("error_code", str(done.get("error")))
-        wait_for_port(port)
-        for path in ("/status", "/metrics", "/healthz"):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-                seen.add(f"GET {path}", response.read().decode())
+                outcomes[key] = "ok" if entry.get("success") else str(entry.get("error_code", done.get("error")))
+        _read_endpoints(port, seen)
     finally:
         code = process.terminate()
         seen.add("gateway log (debug)", process.log())
@@ -295,6 +320,22 @@ def _run_gateway(
         seen.add(f"S3 object {item['Key']}", {"key": item["Key"], "metadata": head.get("Metadata", {})})
         seen.add(f"S3 body {item['Key']}", s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read().decode())
     return outcomes
+
+
+def _read_endpoints(port: int, seen: Seen, in_flight: str | None = None) -> None:
+    """/status, /metrics and /healthz; with ``in_flight``, once /status shows that file being copied."""
+    deadline = time.monotonic() + 30
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as response:
+            text = response.read().decode()
+        if in_flight is None or in_flight in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert in_flight is None or in_flight in text, text
+    seen.add("GET /status", text)
+    for path in ("/metrics", "/healthz"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            seen.add(f"GET {path}", response.read().decode())
 
 
 def _file_results(done: dict[str, Any]) -> list[dict[str, Any]]:
