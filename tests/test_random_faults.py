@@ -119,7 +119,7 @@ def draw(seed: int) -> Plan:
     stalls = [f for f in faults if f.kind == "stall"]
     faults = [f for f in faults if f.kind != "stall"] + stalls[:1]  # each stall costs a read timeout
     aborts = {}
-    if protocol == "ftp" and rng.random() < 0.3:
+    if protocol == "ftp" and len(faults) < 3 and rng.random() < 0.3:  # within the 4 resumes of a file
         aborts[rng.randrange(len(sizes))] = rng.uniform(0.05, 0.95)
     sigterm = rng.uniform(0.2, 5.0) if rng.random() < 0.35 else None
     return Plan(
@@ -448,6 +448,13 @@ class Run:
                 if s != "SUCCEEDED"
             ]
             out.violations.append(f"faults the retries heal ended {out.statuses}: {causes}")
+        if healable:
+            for arn, status in zip(executions, out.statuses, strict=True):
+                if status == "SUCCEEDED":
+                    output = json.loads(self.sfn.describe_execution(executionArn=arn)["output"])
+                    failed = [f for f in output["payload"]["files"] if not f["success"]]
+                    if failed:
+                        out.violations.append(f"faults the retries heal failed files: {failed}")
 
     def _object(self, key: str) -> bytes | None:
         try:

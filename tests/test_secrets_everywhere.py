@@ -361,7 +361,7 @@ def _cli(args: list[str], env: dict[str, str], seen: Seen, where: str) -> int:
     return done.returncode
 
 
-def _bad_configs(tmp: Path, arn: str) -> dict[str, Path]:
+def _bad_configs(tmp: Path, arn: str, host: str) -> dict[str, Path]:
     typed = tmp / "typed.yml"
     typed.write_text(
         f"""providers:
@@ -395,7 +395,7 @@ def _bad_configs(tmp: Path, arn: str) -> dict[str, Path]:
                 "gateway_config": {
                     "activity_arn": arn,
                     "num_connections": 1,
-                    "conn_config": {"type": "http", "host": "127.0.0.1:1", "headers": {"X-Api-Key": f"{HEADER}\n"}},
+                    "conn_config": {"type": "http", "host": host, "headers": {"X-Api-Key": f"{HEADER}\n"}},
                 },
             },
             {
@@ -403,7 +403,7 @@ def _bad_configs(tmp: Path, arn: str) -> dict[str, Path]:
                 "gateway_config": {
                     "activity_arn": arn,
                     "num_connections": 1,
-                    "conn_config": {"type": "http", "host": "127.0.0.1:2", "token": f"{TOKEN}\r\n"},
+                    "conn_config": {"type": "http", "host": host, "token": f"{TOKEN}\r\n"},
                 },
             },
         ],
@@ -442,9 +442,12 @@ def _one_shot_commands(p: Providers, bucket: str, aws_env: dict[str, str], tmp: 
         "download bad URL": ["download", f"http://bob:{URL_PW}@127.0.0.1:99999/x.bin?{QUERY}"],
         "validate": ["validate", "--config", str(config)],
     }
-    for name, path in _bad_configs(tmp, arn).items():
+    for name, path in _bad_configs(tmp, arn, p.http.host).items():
         cases[f"validate {name}"] = ["validate", "--config", str(path)]
-        cases[f"download {name}"] = ["download", "--config", str(path), http("/ok.bin")]
+        cases[f"download {name}"] = ["download", "--config", str(path), "--provider", "HTTP_NEWLINE", http("/ok.bin")]
+    newline = tmp / "newline.yml"
+    cases["download newline in a token"] = ["download", "--config", str(newline), "--provider", "HTTP_NEWLINE_TOKEN"]
+    cases["download newline in a token"].append(http("/ok.bin"))
     codes = {}
     for name, args in cases.items():
         if args[0] == "download":
