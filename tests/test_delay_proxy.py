@@ -1,0 +1,234 @@
+"""The bench's delay proxy: exact bytes, FIN and RST kept, the delay, the rate cap, the window, FTP."""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import io
+import os
+import socket
+import statistics
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench.delay_proxy import DelayProxy
+from provider_gateway.local.ftp_server import FileFTPServer
+
+
+class OneShotServer:
+    """A TCP server on loopback that runs ``handle`` on each connection in a thread."""
+
+    def __init__(self, handle: Callable[[socket.socket], None]) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self.errors: list[BaseException] = []
+        self._handle = handle
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                self._handle(conn)
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                self.errors.append(exc)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    parts = []
+    while chunk := sock.recv(1 << 20):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+@pytest.fixture
+def server_factory() -> Iterator[Callable[[Callable[[socket.socket], None]], OneShotServer]]:
+    made: list[OneShotServer] = []
+
+    def make(handle: Callable[[socket.socket], None]) -> OneShotServer:
+        made.append(OneShotServer(handle))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def exchange(proxy_port: int, upload: bytes, pieces: int) -> bytes:
+    """Sends ``upload`` in ``pieces`` writes, half-closes, and reads the answer to the server's EOF."""
+    with socket.create_connection(("127.0.0.1", proxy_port), timeout=30) as sock:
+        step = max(1, len(upload) // pieces)
+        for at in range(0, len(upload), step):
+            sock.sendall(upload[at : at + step])
+        sock.shutdown(socket.SHUT_WR)
+        return read_to_eof(sock)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(up=st.integers(0, 3_000_000), down=st.integers(0, 3_000_000), pieces=st.integers(1, 40))
+def test_bytes_and_half_close_pass_exactly_both_ways(
+    server_factory: Callable[[Callable[[socket.socket], None]], OneShotServer], up: int, down: int, pieces: int
+) -> None:
+    answer = os.urandom(down)
+    upload = os.urandom(up)
+
+    def handle(conn: socket.socket) -> None:
+        received = read_to_eof(conn)  # ends only if the client's FIN came through
+        conn.sendall(hashlib.sha256(received).digest() + answer)
+
+    server = server_factory(handle)
+    with DelayProxy(server.port, delay_s=0.002, window=256 * 1024) as proxy:
+        got = exchange(proxy.port, upload, pieces)
+    assert server.errors == []
+    assert got[:32] == hashlib.sha256(upload).digest()
+    assert got[32:] == answer
+
+
+def test_a_reset_arrives_after_the_bytes_before_it(
+    server_factory: Callable[[Callable[[socket.socket], None]], OneShotServer],
+) -> None:
+    sent = os.urandom(100_000)
+
+    def handle(conn: socket.socket) -> None:
+        conn.sendall(sent)
+        conn.recv(1)  # the client's go-ahead: everything above has left this socket
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    server = server_factory(handle)
+    with DelayProxy(server.port, delay_s=0.01) as proxy, socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.settimeout(10)
+        got = b""
+        while len(got) < len(sent):
+            got += sock.recv(1 << 20)
+        sock.sendall(b"x")
+        with pytest.raises(ConnectionResetError):
+            while sock.recv(1 << 20):
+                pass
+    assert got == sent
+
+
+def ping_pong_rtts(proxy_port: int, count: int) -> list[float]:
+    with socket.create_connection(("127.0.0.1", proxy_port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(b"p")  # the handshake's round trip is paid by the first exchange, not timed
+        sock.recv(1)
+        rtts = []
+        for _ in range(count):
+            started = time.perf_counter()
+            sock.sendall(b"p")
+            assert sock.recv(1) == b"p"
+            rtts.append(time.perf_counter() - started)
+    return rtts
+
+
+def echo(conn: socket.socket) -> None:
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while data := conn.recv(65536):
+        conn.sendall(data)
+
+
+@pytest.mark.parametrize("delay_ms", [10, 25])
+def test_a_round_trip_costs_twice_the_delay(
+    server_factory: Callable[[Callable[[socket.socket], None]], OneShotServer], delay_ms: int
+) -> None:
+    server = server_factory(echo)
+    with DelayProxy(server.port, delay_s=delay_ms / 1000) as proxy:
+        rtts = ping_pong_rtts(proxy.port, 15)
+    assert min(rtts) >= 2 * delay_ms / 1000
+    assert statistics.median(rtts) == pytest.approx(2 * delay_ms / 1000, abs=0.003)
+
+
+def test_the_handshake_costs_a_round_trip(
+    server_factory: Callable[[Callable[[socket.socket], None]], OneShotServer],
+) -> None:
+    server = server_factory(echo)
+    with DelayProxy(server.port, delay_s=0.02) as proxy:
+        started = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            sock.sendall(b"p")
+            sock.recv(1)
+        first = time.perf_counter() - started
+    assert first == pytest.approx(0.08, abs=0.006)  # connect (1 RTT), then the ping (1 RTT)
+
+
+def stream_down(proxy_port: int) -> tuple[int, float]:
+    with socket.create_connection(("127.0.0.1", proxy_port), timeout=30) as sock:
+        sock.sendall(b"go")
+        sock.recv(1)  # the first byte: timing starts once the stream flows
+        started = time.perf_counter()
+        got = len(read_to_eof(sock))
+        return got, time.perf_counter() - started
+
+
+def sender(size: int) -> Callable[[socket.socket], None]:
+    def handle(conn: socket.socket) -> None:
+        conn.recv(2)
+        conn.sendall(b"\0" * size)
+
+    return handle
+
+
+def test_the_rate_cap_holds_within_ten_percent(
+    server_factory: Callable[[Callable[[socket.socket], None]], OneShotServer],
+) -> None:
+    server = server_factory(sender(12_000_001))
+    with DelayProxy(server.port, delay_s=0.0, rate=10e6) as proxy:
+        got, seconds = stream_down(proxy.port)
+    assert got == 12_000_000
+    assert got / seconds == pytest.approx(10e6, rel=0.1)
+
+
+def test_bytes_in_flight_are_bounded_by_the_window(
+    server_factory: Callable[[Callable[[socket.socket], None]], OneShotServer],
+) -> None:
+    window, delay = 256 * 1024, 0.025
+    server = server_factory(sender(4 * 1024 * 1024 + 1))
+    with DelayProxy(server.port, delay_s=delay, window=window) as proxy:
+        got, seconds = stream_down(proxy.port)
+    # at most one window per round trip (the proxy reads in chunks, so a little less)
+    assert got / seconds <= window / (2 * delay) * 1.05
+    assert got / seconds >= window / (2 * delay) * 0.6
+
+
+@pytest.fixture
+def ftp_server(tmp_path: Path) -> Iterator[FileFTPServer]:
+    (tmp_path / "file.bin").write_bytes(os.urandom(3_000_000))
+    with FileFTPServer(tmp_path) as server:
+        yield server
+
+
+@pytest.mark.parametrize("passive", ["PASV", "EPSV"])
+def test_ftp_passes_with_its_data_connections_proxied(ftp_server: FileFTPServer, passive: str) -> None:
+    expected = (ftp_server.root / "file.bin").read_bytes()
+    with DelayProxy(ftp_server.port, delay_s=0.005, ftp=True) as proxy:
+        ftp = ftplib.FTP()
+        ftp.connect("127.0.0.1", proxy.port, timeout=10)
+        ftp.login(ftp_server.user, ftp_server.password)
+        if passive == "EPSV":
+            ftp.af = socket.AF_INET6  # ftplib sends EPSV for any family but IPv4
+        for _ in range(2):
+            got = io.BytesIO()
+            ftp.retrbinary("RETR file.bin", got.write)
+            assert got.getvalue() == expected
+        assert "file.bin" in ftp.nlst()
+        ftp.quit()
+        stats = proxy.stats()
+    assert stats["total"] == 1
+    assert stats["data_total"] == 3  # two RETR and one NLST, each through a listener of the proxy
