@@ -40,10 +40,12 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
-CHUNK = 256 * 1024
+CHUNK = 256 * 1024  # asyncio's own most per read
 DEFAULT_WINDOW = 16 * 1024 * 1024
 _EOF = b"EOF"  # markers in a pipe's queue, compared by identity
 _RESET = b"RST"
@@ -53,13 +55,13 @@ _EPSV = re.compile(rb"^229 .*?\((.)\1\1(\d+)\1\)")
 
 @dataclass
 class Link:
-    """One direction of the shared link: chunks leave it one after another at ``rate``."""
+    """One direction of the shared link: chunks leave it one after another at ``rate`` bytes/s."""
 
     rate: float | None
     next_free: float = 0.0
 
     def departure(self, ready: float, size: int) -> float:
-        """When a chunk of ``size`` bytes, ready at ``ready``, has left the link's far end."""
+        """When a chunk of ``size`` bytes, ready at ``ready``, has left the link's near end."""
         if not self.rate:
             return ready
         self.next_free = max(ready, self.next_free) + size / self.rate
@@ -68,7 +70,7 @@ class Link:
 
 @dataclass
 class Counters:
-    """Connections the server has seen through the proxy: control (or plain) and FTP data."""
+    """Connections the server has seen through the proxy: control (or plain), and FTP data."""
 
     open: int = 0
     max_open: int = 0
@@ -76,7 +78,6 @@ class Counters:
     data_open: int = 0
     data_max_open: int = 0
     data_total: int = 0
-    bytes: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
 
     def opened(self, data: bool) -> None:
         if data:
@@ -98,34 +99,178 @@ class Counters:
         self.max_open, self.data_max_open = self.open, self.data_open
 
 
-class _Window:
-    """Bytes in flight in one direction of one connection, bounded."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.used = 0
-        self._freed = asyncio.Event()
-
-    async def take(self, n: int) -> None:
-        while self.used and self.used + n > self.size:  # one chunk larger than the window still passes
-            self._freed.clear()
-            await self._freed.wait()
-        self.used += n
-
-    def give(self, n: int) -> None:
-        self.used -= n
-        self._freed.set()
-
-
-Transform = Callable[[bytes, bool], Awaitable[bytes]]
-
-
-def _abort_with_reset(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
+def _abort_with_reset(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
+    assert isinstance(transport, asyncio.Transport)
+    transport.abort()
+
+
+class _Pipe:
+    """One direction of one connection: what its source sends reaches its sink later, in order."""
+
+    def __init__(self, proxy: DelayProxy, direction: str, not_before: float) -> None:
+        self.proxy = proxy
+        self.loop = asyncio.get_running_loop()
+        self.link = proxy.links[direction]
+        self.not_before = not_before
+        self.source: asyncio.Transport | None = None
+        self.sink: asyncio.Transport | None = None
+        self.rewrite: Callable[[bytes, bool], bytes] | None = None
+        self.queue: deque[tuple[float, bytes]] = deque()
+        self.in_flight = 0
+        self.source_paused = False
+        self.sink_paused = False
+        self.ended = False  # EOF or RST received from the source
+        self.done = False  # ... and delivered
+        self.timer: asyncio.TimerHandle | None = None
+        self.on_done: Callable[[], None] = lambda: None
+
+    def receive(self, data: bytes) -> None:
+        if self.rewrite is not None:
+            data = self.rewrite(data, False)
+        if data:
+            self._enqueue(data)
+            self.in_flight += len(data)
+            if self.in_flight >= self.proxy.window and self.source is not None:
+                self.source.pause_reading()
+                self.source_paused = True
+
+    def end(self, reset: bool) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self.rewrite is not None and not reset and (tail := self.rewrite(b"", True)):
+            self._enqueue(tail)
+        self._enqueue(_RESET if reset else _EOF)
+
+    def _enqueue(self, item: bytes) -> None:
+        size = 0 if item is _EOF or item is _RESET else len(item)
+        due = self.link.departure(max(self.loop.time(), self.not_before), size) + self.proxy.delay
+        self.queue.append((due, item))
+        if self.timer is None:
+            self.flush()
+
+    def flush(self) -> None:
+        """Delivers every chunk that is due; wakes again when the next one is."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        now = self.loop.time()
+        while self.queue and self.sink is not None and not self.sink_paused:
+            due, item = self.queue[0]
+            if due > now:
+                self.timer = self.loop.call_at(due, self.flush)
+                return
+            self.queue.popleft()
+            self._deliver(item)
+
+    def _deliver(self, item: bytes) -> None:
+        assert self.sink is not None
+        if item is _EOF or item is _RESET:
+            if not self.sink.is_closing():
+                if item is _RESET:
+                    _abort_with_reset(self.sink)
+                elif self.sink.can_write_eof():
+                    self.sink.write_eof()
+            self.done = True
+            self.on_done()
+        elif not self.sink.is_closing():
+            self.sink.write(item)
+            self.loop.call_later(self.proxy.delay, self._release, len(item))  # the ACK on its way back
+
+    def _release(self, size: int) -> None:
+        self.in_flight -= size
+        if self.source_paused and self.in_flight < self.proxy.window and self.source is not None:
+            self.source_paused = False
+            self.source.resume_reading()
+
+
+class _Side(asyncio.Protocol):
+    """One socket of a relayed connection: it feeds ``out`` and is the sink of ``into``."""
+
+    def __init__(self, relay: _Relay, out: _Pipe, into: _Pipe) -> None:
+        self.relay, self.out, self.into = relay, out, into
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=CHUNK)
+        self.out.source = transport
+        self.into.sink = transport
+        self.into.flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.out.receive(data)
+
+    def eof_received(self) -> bool:
+        self.out.end(reset=False)
+        return True  # half-closed: the other direction goes on
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.out.end(reset=exc is not None)
+        self.relay.lost()
+
+    def pause_writing(self) -> None:
+        self.into.sink_paused = True
+
+    def resume_writing(self) -> None:
+        self.into.sink_paused = False
+        self.into.flush()
+
+
+class _Relay:
+    """One connection through the proxy: the client's socket, the server's, and a pipe each way."""
+
+    def __init__(self, proxy: DelayProxy, target_port: int, data: bool) -> None:
+        self.proxy, self.target_port, self.data = proxy, target_port, data
+        loop = asyncio.get_running_loop()
+        accepted = loop.time()
+        # the client's bytes leave no sooner than the handshake's answer is back with it
+        self.up = _Pipe(proxy, "up", accepted + 2 * proxy.delay)
+        self.down = _Pipe(proxy, "down", 0.0)
+        if proxy.ftp and not data:
+            self.down.rewrite = _FtpRewriter(proxy).rewrite
+        for pipe in (self.up, self.down):
+            pipe.on_done = self._maybe_close
+        self.client = _Side(self, self.up, self.down)
+        self.server: _Side | None = None
+        self.sides_lost = 0
+        self.counted = False
+        loop.call_later(proxy.delay, proxy.spawn, self._connect)  # the SYN on its way
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(lambda: _Side(self, self.down, self.up), "127.0.0.1", self.target_port)
+        except OSError:
+            if self.up.source is not None:
+                _abort_with_reset(self.up.source)
+            return
+        self.counted = True
+        self.proxy.counters.opened(self.data)
+        self.proxy.live.add(self)
+
+    def _maybe_close(self) -> None:
+        if self.up.done and self.down.done:
+            for transport in (self.up.source, self.down.source):
+                if transport is not None:
+                    transport.close()
+
+    def lost(self) -> None:
+        self.sides_lost += 1
+        if self.sides_lost == 2 and self.counted:
+            self.proxy.counters.closed(self.data)
+            self.proxy.live.discard(self)
+
+    def abort(self) -> None:
+        for transport in (self.up.source, self.down.source):
+            if transport is not None:
+                transport.abort()
 
 
 class DelayProxy:
@@ -145,24 +290,23 @@ class DelayProxy:
         self.ftp = ftp
         self.links = {"up": Link(rate), "down": Link(rate)}
         self.counters = Counters()
+        self.live: set[_Relay] = set()
         self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopped: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="delay-proxy", daemon=True)
-
-    # --- life cycle ----------------------------------------------------------------------
+        self._loop = asyncio.new_event_loop()
+        self._servers: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="delay-proxy", daemon=True)
 
     def start(self) -> DelayProxy:
         self._thread.start()
-        if not self._ready.wait(10) or not self.port:
-            raise RuntimeError("the delay proxy did not start")
+        self.port = self._call(self._listen)
         return self
 
     def close(self) -> None:
-        if self._loop is not None and self._stopped is not None:
-            self._loop.call_soon_threadsafe(self._stopped.set)
+        self._call(self._shut)
+        self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
     def __enter__(self) -> DelayProxy:
         return self.start()
@@ -172,150 +316,57 @@ class DelayProxy:
 
     def stats(self) -> dict[str, int]:
         """The counters, read in the proxy's own loop."""
-        return self._call(lambda: {k: v for k, v in vars(self.counters).items() if k != "bytes"})
+        return dict(self._call(lambda: vars(self.counters)))
 
     def reset_peaks(self) -> None:
         self._call(self.counters.reset_peaks)
 
-    def _call(self, fn: Callable[[], object]) -> object:
-        assert self._loop is not None
-
-        async def run() -> object:
-            return fn()
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        async def run() -> Any:
+            result = fn()
+            return await result if asyncio.iscoroutine(result) else result
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
 
-    def _run(self) -> None:
-        asyncio.run(self._main())
+    async def _listen(self) -> int:
+        server = await self._loop.create_server(lambda: self._accept(self.target_port, False), "127.0.0.1", 0)
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
 
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopped = asyncio.Event()
-        server = await asyncio.start_server(self._control, "127.0.0.1", 0, limit=CHUNK)
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        async with server:
-            await self._stopped.wait()
-
-    # --- connections ---------------------------------------------------------------------
-
-    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        transform = _FtpRewriter(self).rewrite if self.ftp else None
-        await self._relay(reader, writer, self.target_port, data=False, transform=transform)
-
-    async def _relay(
-        self,
-        client_reader: asyncio.StreamReader,
-        client_writer: asyncio.StreamWriter,
-        target_port: int,
-        data: bool,
-        transform: Transform | None = None,
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        accepted = loop.time()
-        _nodelay(client_writer)
-        await asyncio.sleep(self.delay)  # the SYN on its way to the server
-        try:
-            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port, limit=CHUNK)
-        except OSError:
-            _abort_with_reset(client_writer)
-            return
-        _nodelay(server_writer)
-        self.counters.opened(data)
-        try:
-            await asyncio.gather(
-                # the client's bytes leave no sooner than the handshake's answer is back with it
-                self._pipe(client_reader, server_writer, "up", accepted + 2 * self.delay),
-                self._pipe(server_reader, client_writer, "down", 0.0, transform),
-            )
-        finally:
-            self.counters.closed(data)
-            for writer in (client_writer, server_writer):
-                writer.close()
-
-    async def _pipe(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        direction: str,
-        not_before: float,
-        transform: Transform | None = None,
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        link, window = self.links[direction], _Window(self.window)
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-
-        def send(chunk: bytes) -> None:
-            size = 0 if chunk is _EOF or chunk is _RESET else len(chunk)
-            due = link.departure(max(loop.time(), not_before), size) + self.delay
-            queue.put_nowait((due, chunk))
-
-        async def receive() -> None:
-            while True:
-                try:
-                    chunk = await reader.read(CHUNK)
-                except OSError:
-                    send(_RESET)
-                    return
-                out = chunk if transform is None else await transform(chunk, not chunk)
-                if out:
-                    await window.take(len(out))
-                    self.counters.bytes[direction] += len(out)
-                    send(out)
-                if not chunk:
-                    send(_EOF)
-                    return
-
-        async def deliver() -> None:
-            while True:
-                due, chunk = await queue.get()
-                if (wait := due - loop.time()) > 0:
-                    await asyncio.sleep(wait)
-                try:
-                    if chunk is _EOF:
-                        if writer.can_write_eof():
-                            writer.write_eof()
-                        return
-                    if chunk is _RESET:
-                        _abort_with_reset(writer)
-                        return
-                    writer.write(chunk)
-                    await writer.drain()
-                except OSError:
-                    _abort_with_reset(writer)
-                    return
-                loop.call_later(self.delay, window.give, len(chunk))  # the ACK on its way back
-
-        receiving = asyncio.ensure_future(receive())
-        try:
-            await deliver()
-        finally:
-            if not receiving.done():
-                receiving.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await receiving
-
-    async def data_listener(self, target_port: int) -> int:
-        """A listener for one FTP data connection to ``target_port``; returns its port."""
-        accepted = asyncio.Event()
-
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if accepted.is_set():  # one connection per PASV, as the server itself allows
-                _abort_with_reset(writer)
-                return
-            accepted.set()
+    def _shut(self) -> None:
+        for server in self._servers:
             server.close()
-            await self._relay(reader, writer, target_port, data=True)
+        for relay in list(self.live):
+            relay.abort()
 
-        server = await asyncio.start_server(serve, "127.0.0.1", 0, limit=CHUNK)
-        port = int(server.sockets[0].getsockname()[1])
+    def spawn(self, coroutine: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Runs ``coroutine()`` as a task, held until it ends."""
+        task = asyncio.ensure_future(coroutine())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-        async def expire() -> None:  # a reply the client never used does not leave a listener behind
-            with contextlib.suppress(asyncio.TimeoutError):
+    def _accept(self, target_port: int, data: bool) -> _Side:
+        return _Relay(self, target_port, data).client
+
+    def data_listener(self, target_port: int) -> int:
+        """A listener for one FTP data connection to ``target_port``; returns its port at once."""
+        sock = socket.create_server(("127.0.0.1", 0))  # listening now: the reply may name it at once
+        port = int(sock.getsockname()[1])
+
+        async def serve() -> None:
+            accepted = asyncio.Event()
+
+            def factory() -> asyncio.Protocol:
+                accepted.set()
+                self._loop.call_soon(server.close)  # one connection per reply, as the server allows
+                return self._accept(target_port, True)
+
+            server = await self._loop.create_server(factory, sock=sock)
+            with contextlib.suppress(asyncio.TimeoutError):  # an unused reply leaves no listener behind
                 await asyncio.wait_for(accepted.wait(), 120)
             server.close()
 
-        asyncio.ensure_future(expire())
+        self.spawn(serve)
         return port
 
 
@@ -326,30 +377,21 @@ class _FtpRewriter:
         self.proxy = proxy
         self.partial = b""
 
-    async def rewrite(self, chunk: bytes, at_end: bool) -> bytes:
+    def rewrite(self, chunk: bytes, at_end: bool) -> bytes:
         text = self.partial + chunk
         cut = len(text) if at_end else text.rfind(b"\n") + 1
         self.partial = text[cut:]
-        lines = text[:cut].splitlines(keepends=True)
-        return b"".join([await self._line(line) for line in lines])
+        return b"".join(self._line(line) for line in text[:cut].splitlines(keepends=True))
 
-    async def _line(self, line: bytes) -> bytes:
+    def _line(self, line: bytes) -> bytes:
         if found := _PASV.match(line):
-            h1, h2, h3, h4, p1, p2 = (int(g) for g in found.groups())
-            port = await self.proxy.data_listener(p1 * 256 + p2)
+            p1, p2 = int(found.group(5)), int(found.group(6))
+            port = self.proxy.data_listener(p1 * 256 + p2)
             return b"227 Entering Passive Mode (127,0,0,1,%d,%d).\r\n" % (port // 256, port % 256)
         if found := _EPSV.match(line):
-            port = await self.proxy.data_listener(int(found.group(2)))
+            port = self.proxy.data_listener(int(found.group(2)))
             return b"229 Entering Extended Passive Mode (|||%d|).\r\n" % port
         return line
-
-
-def _nodelay(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    writer.transport.set_write_buffer_limits(high=CHUNK)
 
 
 def main() -> None:
