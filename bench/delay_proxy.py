@@ -25,8 +25,9 @@ the server named, through the same delays and the same link. Active mode (PORT,
 EPRT) is not proxied.
 
 As a program it prints ``{"port": N}`` once it listens, then answers each line
-``stats`` on its standard input with a JSON line of its counters and ``reset``
-by zeroing the peaks; it stops when its standard input closes.
+``stats`` on its standard input with a JSON line of its counters, and ``reset`` by
+zeroing the peaks once the connections still closing are gone (``{}``); it stops when
+its standard input closes.
 """
 
 from __future__ import annotations
@@ -319,7 +320,14 @@ class DelayProxy:
         return dict(self._call(lambda: vars(self.counters)))
 
     def reset_peaks(self) -> None:
-        self._call(self.counters.reset_peaks)
+        """Waits (8 s at most) for the connections still closing to be gone, then zeroes the peaks."""
+        self._call(self._quiesce)
+
+    async def _quiesce(self) -> None:
+        deadline = self._loop.time() + 8
+        while (self.counters.open or self.counters.data_open) and self._loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        self.counters.reset_peaks()
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         async def run() -> Any:
