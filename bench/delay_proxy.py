@@ -169,18 +169,22 @@ class _Pipe:
             self._deliver(item)
 
     def _deliver(self, item: bytes) -> None:
-        assert self.sink is not None
-        if item is _EOF or item is _RESET:
-            if not self.sink.is_closing():
-                if item is _RESET:
-                    _abort_with_reset(self.sink)
-                elif self.sink.can_write_eof():
-                    self.sink.write_eof()
-            self.done = True
-            self.on_done()
-        elif not self.sink.is_closing():
-            self.sink.write(item)
-            self.loop.call_later(self.proxy.delay, self._release, len(item))  # the ACK on its way back
+        sink = self.sink
+        assert sink is not None
+        try:
+            if item is _RESET:
+                _abort_with_reset(sink)
+            elif item is _EOF:
+                if sink.can_write_eof() and not sink.is_closing():
+                    sink.write_eof()
+            elif not sink.is_closing():
+                sink.write(item)
+                self.loop.call_later(self.proxy.delay, self._release, len(item))  # the ACK on its way back
+                return
+        except OSError:  # the sink's peer is gone already (a shutdown on a reset socket, say)
+            sink.abort()
+        self.done = True
+        self.on_done()
 
     def _release(self, size: int) -> None:
         self.in_flight -= size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import hashlib
 import io
@@ -124,6 +125,49 @@ def test_a_reset_arrives_after_the_bytes_before_it(
     assert got == sent
 
 
+def echo(conn: socket.socket) -> None:
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while data := conn.recv(65536):
+        conn.sendall(data)
+
+
+def wait_closed(proxy: DelayProxy, total: int, deadline_s: float = 5) -> dict[str, int]:
+    """The proxy's counters once ``total`` connections have reached the server and all are gone."""
+    deadline = time.monotonic() + deadline_s
+    while ((stats := proxy.stats())["open"] or stats["total"] < total) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return stats
+
+
+def streamer(conn: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while True:
+            conn.sendall(b"\0" * 65536)
+
+
+def answer_after_close(conn: socket.socket) -> None:
+    read_to_eof(conn)
+    with contextlib.suppress(OSError):
+        for _ in range(50):  # the client has closed: its kernel answers these with a reset
+            conn.sendall(b"late reply\r\n")
+
+
+@pytest.mark.parametrize("server", [streamer, answer_after_close, echo])
+def test_the_connection_is_gone_once_the_client_has_gone(
+    server_factory: Callable[[Callable[[socket.socket], None]], OneShotServer], server: Callable[[socket.socket], None]
+) -> None:
+    served = server_factory(server)
+    with DelayProxy(served.port, delay_s=0.005) as proxy:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+                sock.sendall(b"hello")
+                if server is streamer:
+                    sock.recv(1000)  # and closes with bytes unread: a reset
+        stats = wait_closed(proxy, 3)
+    assert stats["total"] == 3
+    assert stats["open"] == 0
+
+
 def ping_pong_rtts(proxy_port: int, count: int) -> list[float]:
     with socket.create_connection(("127.0.0.1", proxy_port), timeout=10) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -138,12 +182,6 @@ def ping_pong_rtts(proxy_port: int, count: int) -> list[float]:
     return rtts
 
 
-def echo(conn: socket.socket) -> None:
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    while data := conn.recv(65536):
-        conn.sendall(data)
-
-
 @pytest.mark.parametrize("delay_ms", [10, 25])
 def test_a_round_trip_costs_twice_the_delay(
     server_factory: Callable[[Callable[[socket.socket], None]], OneShotServer], delay_ms: int
@@ -152,19 +190,22 @@ def test_a_round_trip_costs_twice_the_delay(
     with DelayProxy(server.port, delay_s=delay_ms / 1000) as proxy:
         rtts = ping_pong_rtts(proxy.port, 15)
     assert min(rtts) >= 2 * delay_ms / 1000
-    assert statistics.median(rtts) == pytest.approx(2 * delay_ms / 1000, abs=0.003)
+    assert statistics.median(rtts) == pytest.approx(2 * delay_ms / 1000, abs=0.005)  # 2 cores, shared
 
 
 def test_the_handshake_costs_a_round_trip(
     server_factory: Callable[[Callable[[socket.socket], None]], OneShotServer],
 ) -> None:
     server = server_factory(echo)
+    firsts = []
     with DelayProxy(server.port, delay_s=0.02) as proxy:
-        started = time.perf_counter()
-        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
-            sock.sendall(b"p")
-            sock.recv(1)
-        first = time.perf_counter() - started
+        for _ in range(3):
+            started = time.perf_counter()
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+                sock.sendall(b"p")
+                sock.recv(1)
+            firsts.append(time.perf_counter() - started)
+    first = min(firsts)
     assert first == pytest.approx(0.08, abs=0.006)  # connect (1 RTT), then the ping (1 RTT)
 
 
@@ -232,3 +273,16 @@ def test_ftp_passes_with_its_data_connections_proxied(ftp_server: FileFTPServer,
         stats = proxy.stats()
     assert stats["total"] == 1
     assert stats["data_total"] == 3  # two RETR and one NLST, each through a listener of the proxy
+
+
+def test_an_ftp_session_cut_mid_transfer_is_gone(ftp_server: FileFTPServer) -> None:
+    with DelayProxy(ftp_server.port, delay_s=0.005, ftp=True) as proxy:
+        ftp = ftplib.FTP()
+        ftp.connect("127.0.0.1", proxy.port, timeout=10)
+        ftp.login(ftp_server.user, ftp_server.password)
+        data = ftp.transfercmd("RETR file.bin")
+        data.recv(1000)
+        data.close()
+        ftp.close()  # the server's 426 reaches a closed socket
+        stats = wait_closed(proxy, 1)
+    assert (stats["total"], stats["open"], stats["data_open"]) == (1, 0, 0)
