@@ -239,7 +239,7 @@ class _Relay:
         self.up = _Pipe(proxy, "up", accepted + 2 * proxy.delay)
         self.down = _Pipe(proxy, "down", 0.0)
         if proxy.ftp and not data:
-            self.down.rewrite = _FtpRewriter(proxy).rewrite
+            self.down.rewrite = _FtpRewriter(proxy, self.up).rewrite
         for pipe in (self.up, self.down):
             pipe.on_done = self._maybe_close
         self.client = _Side(self, self.up, self.down)
@@ -360,33 +360,50 @@ class DelayProxy:
     def _accept(self, target_port: int, data: bool) -> _Side:
         return _Relay(self, target_port, data).client
 
-    def data_listener(self, target_port: int) -> int:
-        """A listener for one FTP data connection to ``target_port``; returns its port at once."""
+    def data_listener(self, target_port: int, control: _Pipe) -> int:
+        """A listener for one FTP data connection to ``target_port``; returns its port at once.
+
+        The client's ``connect()`` to it returns at once, where a real link would take a
+        round trip: so the commands the client sends on ``control`` after connecting leave
+        no sooner than that round trip after the connection. A client that sends its
+        command first and connects after is not held. The order of the two is the order
+        in which the kernel saw them, which is the order in which the event loop runs
+        their callbacks, so the listener accepts in its own reader, not in a task.
+        """
         sock = socket.create_server(("127.0.0.1", 0))  # listening now: the reply may name it at once
+        sock.setblocking(False)
         port = int(sock.getsockname()[1])
 
-        async def serve() -> None:
-            accepted = asyncio.Event()
+        def close() -> None:
+            self._loop.remove_reader(sock)
+            sock.close()
 
-            def factory() -> asyncio.Protocol:
-                accepted.set()
-                self._loop.call_soon(server.close)  # one connection per reply, as the server allows
-                return self._accept(target_port, True)
+        def accept() -> None:
+            try:
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                return
+            close()  # one connection per reply, as the server itself allows
+            expiry.cancel()
+            control.not_before = max(control.not_before, self._loop.time() + 2 * self.delay)
+            relay = _Relay(self, target_port, data=True)
 
-            server = await self._loop.create_server(factory, sock=sock)
-            with contextlib.suppress(asyncio.TimeoutError):  # an unused reply leaves no listener behind
-                await asyncio.wait_for(accepted.wait(), 120)
-            server.close()
+            async def attach() -> None:
+                await self._loop.connect_accepted_socket(lambda: relay.client, conn)
 
-        self.spawn(serve)
+            self.spawn(attach)
+
+        self._loop.add_reader(sock, accept)
+        expiry = self._loop.call_later(120, close)  # a reply the client never used leaves no listener behind
         return port
 
 
 class _FtpRewriter:
     """Rewrites the server's PASV and EPSV replies on one control connection."""
 
-    def __init__(self, proxy: DelayProxy) -> None:
+    def __init__(self, proxy: DelayProxy, control: _Pipe) -> None:
         self.proxy = proxy
+        self.control = control  # the client's commands
         self.partial = b""
 
     def rewrite(self, chunk: bytes, at_end: bool) -> bytes:
@@ -398,10 +415,10 @@ class _FtpRewriter:
     def _line(self, line: bytes) -> bytes:
         if found := _PASV.match(line):
             p1, p2 = int(found.group(5)), int(found.group(6))
-            port = self.proxy.data_listener(p1 * 256 + p2)
+            port = self.proxy.data_listener(p1 * 256 + p2, self.control)
             return b"227 Entering Passive Mode (127,0,0,1,%d,%d).\r\n" % (port // 256, port % 256)
         if found := _EPSV.match(line):
-            port = self.proxy.data_listener(int(found.group(2)))
+            port = self.proxy.data_listener(int(found.group(2)), self.control)
             return b"229 Entering Extended Passive Mode (|||%d|).\r\n" % port
         return line
 
