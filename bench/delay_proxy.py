@@ -16,8 +16,9 @@ after the bytes before it, and a reset (RST) delivered likewise.
 Connecting costs a round trip as on a real link: the server sees the connection one
 delay after the client made it, and the client's first bytes reach the server no
 sooner than three delays after it (the client could only have sent them once the
-handshake's answer was back). The one thing it cannot delay is the client's own
-``connect()``, which the local kernel completes at once.
+handshake's answer was back). The client's own ``connect()`` returns at once (the
+local kernel completes it); for FTP data connections the proxy makes up for that
+(see :meth:`DelayProxy.data_listener`).
 
 FTP (``--ftp``): each 227 (PASV) and 229 (EPSV) reply from the server is rewritten
 to name a listener of the proxy's, which forwards one data connection to the port
