@@ -244,7 +244,6 @@ class _Relay:
         for pipe in (self.up, self.down):
             pipe.on_done = self._maybe_close
         self.client = _Side(self, self.up, self.down)
-        self.server: _Side | None = None
         self.sides_lost = 0
         self.counted = False
         loop.call_later(proxy.delay, proxy.spawn, self._connect)  # the SYN on its way
