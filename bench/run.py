@@ -1,7 +1,7 @@
 """``make bench``: the gateway beside the tools users would pick instead, same machine, same run.
 
     .venv/bin/python bench/run.py [--runs 3] [--size-mib 1024] [--small-files 1000] [--huge-gib 5]
-                                  [--protocols http,ftp,sftp] [--skip large,small,huge]
+                                  [--protocols http,ftp,sftp] [--skip large,small,huge] [--only distance]
 
 Everything runs on loopback against the same local servers: nginx (HTTP), pyftpdlib
 (FTP), OpenSSH sshd (SFTP), and the local S3 (moto) in a process of its own.
@@ -15,6 +15,8 @@ Cases (each run ``--runs`` times; the table shows min, median and max):
                     file), rclone --transfers 2 --checkers 2, and the S3 server's own
                     PutObject rate: files/s and the provider connections open at once
   huge file         one --huge-gib file with both connections busy: the gateway's peak RSS
+  distance          small files and a large file through a delay proxy at each of
+                    --distance-rtts (ms), the gateway beside rclone (see bench/distance.py)
 
 Tools that are missing (rclone, aws, nginx) are named in the output, not fatal:
 ``sudo apt-get install nginx rclone awscli`` (the bench installs them itself as root).
@@ -42,6 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from distance import Distance  # noqa: E402
+from distance import add_arguments as add_distance_arguments  # noqa: E402
 from peers import Peers  # noqa: E402
 from stage import Stage  # noqa: E402
 
@@ -160,10 +164,14 @@ def main() -> None:
     parser.add_argument("--small-kib", type=int, default=64)
     parser.add_argument("--huge-gib", type=float, default=5)
     parser.add_argument("--protocols", default="http,ftp,sftp,gridftp")
-    parser.add_argument("--skip", default="", help="comma-separated groups to skip: limits,large,small,huge")
+    parser.add_argument("--skip", default="", help="comma-separated groups to skip: limits,large,small,huge,distance")
+    parser.add_argument("--only", default="", help="comma-separated groups to run, and no others")
+    add_distance_arguments(parser)
     args = parser.parse_args()
     protocols = args.protocols.split(",")
     skip = set(filter(None, args.skip.split(",")))
+    if args.only:
+        skip |= {"limits", "large", "small", "huge", "distance"} - set(args.only.split(","))
     bench = Bench()
     machine = f"{platform.node()}: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}"
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="pg-bench-") as tmp:
@@ -175,6 +183,7 @@ def main() -> None:
             stage.make_file("big.bin", size)
         if "small" not in skip:
             stage.make_small_files(args.small_files, args.small_kib * 1024)
+        distance = None if "distance" in skip else Distance(stage, args)
         for run in range(args.runs):
             print(f"run {run + 1} of {args.runs}", flush=True)
             if "limits" not in skip:
@@ -211,6 +220,8 @@ def main() -> None:
                         "small", f"{kind} gateway, task per file", lambda k=kind: stage.gateway_small(k, True)
                     )
                     bench.attempt("small", f"{kind} rclone --transfers 2", lambda k=kind: peers.rclone_small(k))
+            if distance is not None:
+                distance.run(bench)
         if "huge" not in skip:
             huge = int(args.huge_gib * GiB)
             stage.make_file("huge-a.bin", huge)

@@ -411,17 +411,19 @@ class Stage:
         self.s3.delete_object(Bucket=BUCKET, Key=f"gw-{kind}.bin")
         return figures
 
-    def gateway_small(self, kind: str, per_file: bool) -> dict[str, float]:
+    def gateway_small(self, kind: str, per_file: bool, names: list[str] | None = None) -> dict[str, float]:
+        """``names`` (the small files by default) over 2 connections, in one task or a task each."""
+        names = self.small_names if names is None else names
         counted = self.counted(kind)
         self.reset_open[kind]()
         proc, machine = self.gateway(counted, 2)
         prefix = f"gw-small-{kind}-{time.time_ns()}"
         files = [
             {
-                "source": {"url": self.urls[counted](n), "size": len(self.small_body)},
+                "source": {"url": self.urls[counted](n), "size": (self.data / n).stat().st_size},
                 "target": {"bucket": BUCKET, "key": f"{prefix}/{n}"},
             }
-            for n in self.small_names
+            for n in names
         ]
         try:
             cpu_before = proc_cpu(proc.pid)
