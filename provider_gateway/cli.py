@@ -97,7 +97,14 @@ def run(
     config = _load(config_location, providers)
     clients = AwsClients(max_pool=_pool_size(config))
     try:
-        gateway = Gateway(config, sfn=clients.sfn(), s3=clients.s3(), progress_interval_s=progress_interval_s)
+        leases = any(p.gateway.connection_leases for p in config.providers)
+        gateway = Gateway(
+            config,
+            sfn=clients.sfn(),
+            s3=clients.s3(),
+            dynamodb=clients.lease_table() if leases else None,
+            progress_interval_s=progress_interval_s,
+        )
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--config") from None
     if metrics_port is not None:
