@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -76,7 +77,8 @@ class ProviderRuntime:
         factory = connection_factory(gateway.conn)
         if self.leases is None:
             return factory
-        return LeasedFactory(factory, self.leases, holder=self._worker_name, wait_s=gateway.read_timeout_s)
+        holder = f"{self._worker_name} pid {os.getpid()}"
+        return LeasedFactory(factory, self.leases, holder=holder, wait_s=gateway.read_timeout_s)
 
     def _can_claim(self) -> bool:
         """Whether a task claimed now could start: an idle connection holds a slot, or a slot is free."""

@@ -66,6 +66,8 @@ class LeasedConnection:
         self._inner.abort()
 
     def close(self) -> None:
+        if not self._lease.valid():
+            self._inner.abort()  # a lapsed slot gets not one byte more: no QUIT, no close_notify
         try:
             self._inner.close()
         finally:
@@ -84,11 +86,10 @@ class LeasedFactory:
     def __call__(self, conn_config: Any, settings: ConnectionSettings) -> LeasedConnection:
         lease = self._slots.acquire(f"{self._holder} {threading.current_thread().name}", self._wait_s)
         try:
-            inner: Connection = self._factory(conn_config, settings)
+            connection = LeasedConnection(self._factory(conn_config, settings), lease, self._slots)
         except BaseException:
             self._slots.release(lease)
             raise
-        connection = LeasedConnection(inner, lease, self._slots)
         if not lease.valid():  # the lease lapsed while the login took its time
             connection.close()
             raise _lapsed(lease)
