@@ -64,9 +64,7 @@ def test_a_slot_is_taken_once_until_it_expires_and_only_its_holder_renews_or_fre
 
 def test_concurrent_takers_never_share_a_slot(stack: LocalStack, table: str) -> None:
     config = LeaseConfig(table=table, lease_s=30)
-    holders = [
-        LeaseSlots(LeaseTable(_dynamodb(stack), table), "P", 3, config, Metrics()) for _ in range(6)
-    ]
+    holders = [LeaseSlots(LeaseTable(_dynamodb(stack), table), "P", 3, config, Metrics()) for _ in range(6)]
     won: list[int] = []
     refused: list[str] = []
     lock = threading.Lock()

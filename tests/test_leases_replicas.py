@@ -128,8 +128,7 @@ def test_a_killed_replica_gives_its_slots_back_within_one_lease(
     assert len(_holders(stack, table)) == 4, "the first replica never held all four slots"
     survivor = gateway(activity, {"type": "http", "host": provider.host}, provider_id="P", **_settings(table, 4))
 
-    doomed.proc.send_signal(signal.SIGKILL)
-    doomed.proc.wait(10)
+    doomed.kill()
     killed_ms = wall_ms()
     doomed_holder = next(iter(_holders(stack, table).values()))[0]
     taken_back_ms: int | None = None
