@@ -10,15 +10,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 
 from provider_gateway.leases import LeaseTable, create_table
 from provider_gateway.leases.slots import wall_ms
 from provider_gateway.local.http_server import FileHTTPServer
 from provider_gateway.local.stack import LocalStack
 from tests.conftest import GatewayFactory
-from tests.servers import CountingProxy
+from tests.servers import CountingProxy, free_port
 from tests.support import ROLE_ARN, download_message, start, unique, wait_done
 from tests.test_leases import _dynamodb
+from tests.test_operations import metrics_args, wait_until
 
 LEASE_S = 10.0
 SKEW_S = 0.5
@@ -159,12 +161,14 @@ def test_connections_close_before_their_leases_expire_while_the_table_is_down(
     files = _files(provider, 12, 2_000_000)
     table_proxy = CountingProxy(int(stack.endpoint.rsplit(":", 1)[1]))
     source = CountingProxy(provider.server_address[1])
+    port = free_port()
     try:
         gateway(
             activity,
             {"type": "http", "host": f"127.0.0.1:{source.port}"},
             provider_id="P",
             extra_env={"AWS_ENDPOINT_URL_DYNAMODB": table_proxy.endpoint},
+            run_args=metrics_args(port),
             **_settings(table, 2),
         )
         machine = _retrying_machine(sfn, activity, heartbeat_s=60)
@@ -178,7 +182,12 @@ def test_connections_close_before_their_leases_expire_while_the_table_is_down(
         time.sleep(0.5)  # a renewal already past the proxy lands
         expiries = [expires for _, expires in _holders(stack, table).values()]
         open_at_stall = [r for r in list(source.history.values()) if r.closed_ms is None]
-        time.sleep(30)
+        sick = wait_until(
+            lambda: (r := requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)).status_code == 503 and r.json(),
+            what="/healthz saying why",
+        )
+        time.sleep(max(0.0, 30 - (wall_ms() - stalled_ms) / 1000))
+        metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         reopened_during_outage = [r for r in source.history.values() if stalled_ms < r.opened_ms]
         table_proxy.unstall()
         results = [wait_done(sfn, arn, timeout_s=240) for arn in arns]
@@ -191,6 +200,9 @@ def test_connections_close_before_their_leases_expire_while_the_table_is_down(
         assert record.closed_ms is not None
         assert record.closed_ms < min(expiries) - SKEW_S * 1000, (record, expiries)
     assert not reopened_during_outage, "a connection was opened without a lease"
+    assert any("lease table failing" in problem for problem in sick["problems"]), sick
+    assert 'provider_gateway_lease_losses_total{provider="P"} 2.0' in metrics
+    assert 'provider_gateway_leases_held{provider="P"} 0.0' in metrics
     _assert_all_stored(s3, bucket, files, results)
     assert source.max_open <= 2
 
