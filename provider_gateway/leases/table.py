@@ -20,6 +20,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 _CONDITION_FAILED = "ConditionalCheckFailedException"
+# The only calls a gateway makes on the table: what its IAM policy must allow.
+LEASE_TABLE_ACTIONS = ("dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
 
 
 @dataclass(frozen=True)
