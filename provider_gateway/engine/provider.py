@@ -224,6 +224,8 @@ class ProviderRuntime:
         deadline = time.monotonic() + timeout_s
         for worker in self.workers:
             worker.thread.join(max(0.0, deadline - time.monotonic()))
+        if self.leases is not None:
+            self.leases.flush()
 
 
 def shutdown_error() -> GatewayShutdown:

@@ -41,6 +41,8 @@ FENCE_TICK_S = 0.1
 RENEW_TICK_S = 0.2
 # A renewal that failed (not refused) is tried again after this long.
 RENEW_RETRY_S = 1.0
+# A slot is given back this long after its connection closed: the provider has seen the close by then.
+RELEASE_LINGER_S = 0.5
 # How often a lease is renewed: several times per period, so one or two failed renewals lose nothing.
 RENEWALS_PER_LEASE = 6
 _DB_ERRORS = (ClientError, BotoCoreError)
@@ -88,6 +90,7 @@ class LeaseSlots:
         self._metrics = metrics
         self._clock = clock
         self._held: set[Lease] = set()
+        self._releasing: list[tuple[float, Lease]] = []
         self._lock = threading.Lock()
         self.closing = threading.Event()
         """Set at shutdown: waits for a slot end at once."""
@@ -171,12 +174,29 @@ class LeaseSlots:
         return None
 
     def release(self, lease: Lease) -> None:
-        """Give the slot back (its connection is closed); a failure leaves it to expire."""
+        """Give the slot back, :data:`RELEASE_LINGER_S` after its connection closed.
+
+        The linger lets the provider see the close (and end its session)
+        before another gateway may open a connection in the slot. A failed
+        release leaves the slot to expire.
+        """
+        with lease._lock:
+            if not lease.lost:
+                lease.lost, lease.lost_reason = True, "released"
         with self._lock:
             self._held.discard(lease)
-        if not lease.lost:
-            lease.lost, lease.lost_reason = True, "released"
-            self._call(lambda: self._table.release(self._provider, lease.slot, lease.lease_id))
+            self._releasing.append((time.monotonic() + RELEASE_LINGER_S, lease))
+
+    def flush(self) -> None:
+        """Give back every slot whose connection has closed, now (at shutdown)."""
+        self._release_due(float("inf"))
+
+    def _release_due(self, now: float) -> None:
+        with self._lock:
+            due = [lease for when, lease in self._releasing if when <= now]
+            self._releasing = [(when, lease) for when, lease in self._releasing if when > now]
+        for lease in due:
+            self._call(functools.partial(self._table.release, self._provider, lease.slot, lease.lease_id))
 
     def _call(self, call: Callable[[], Any]) -> Any:
         """``call()``, or None when the table fails (which health and metrics report)."""
@@ -220,6 +240,7 @@ class LeaseSlots:
             for lease in self._snapshot():
                 if not lease.lost and time.monotonic() - lease.renewed_at >= every:
                     self._renew(lease, every)
+            self._release_due(time.monotonic())
             time.sleep(RENEW_TICK_S)
 
     def _renew(self, lease: Lease, every: float) -> None:
