@@ -165,6 +165,7 @@ class LeaseSlots:
             won = self._call(functools.partial(self._table.take, self._provider, slot, holder, lease_id, now, expires))
             if won:
                 lease = Lease(slot, lease_id, valid_until=sent + self.usable_s, renewed_at=sent)
+                log.debug("took slot %d of %s (lease %s)", slot, self._provider, lease_id[:8])
                 with self._lock:
                     self._held.add(lease)
                 self._metrics.leases_taken.labels(self._provider).inc()
@@ -196,6 +197,7 @@ class LeaseSlots:
             due = [lease for when, lease in self._releasing if when <= now]
             self._releasing = [(when, lease) for when, lease in self._releasing if when > now]
         for lease in due:
+            log.debug("giving back slot %d of %s (lease %s)", lease.slot, self._provider, lease.lease_id[:8])
             self._call(functools.partial(self._table.release, self._provider, lease.slot, lease.lease_id))
 
     def _call(self, call: Callable[[], Any]) -> Any:
