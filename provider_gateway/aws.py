@@ -52,6 +52,16 @@ class AwsClients:
         )
         return self._session.client("stepfunctions", config=config)
 
+    def lease_table(self) -> Any:
+        """A DynamoDB client for connection leases: short timeouts, so a slow table cannot delay the fence."""
+        config = BotoConfig(
+            connect_timeout=2,
+            read_timeout=3,
+            retries={"mode": "standard", "max_attempts": 2},
+            max_pool_connections=self._max_pool,
+        )
+        return self._session.client("dynamodb", config=config)
+
     def client(self, service: str) -> Any:
         """A plain client of any other service (DynamoDB, SNS...)."""
         return self._session.client(service)

@@ -93,7 +93,14 @@ def run(
     config = _load(config_location, providers)
     clients = AwsClients(max_pool=_pool_size(config))
     try:
-        gateway = Gateway(config, sfn=clients.sfn(), s3=clients.s3(), progress_interval_s=progress_interval_s)
+        leases = any(p.gateway.connection_leases for p in config.providers)
+        gateway = Gateway(
+            config,
+            sfn=clients.sfn(),
+            s3=clients.s3(),
+            dynamodb=clients.lease_table() if leases else None,
+            progress_interval_s=progress_interval_s,
+        )
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--config") from None
     if metrics_port is not None:
@@ -257,7 +264,14 @@ def status(url: str, check: bool) -> None:
 @main.command()
 @click.option("--files", "file_count", default=6, show_default=True, help="How many sample files per provider.")
 @click.option("--size-mb", default=24, show_default=True, help="Size of the largest sample file, in MB.")
-def demo(file_count: int, size_mb: int) -> None:
+@click.option(
+    "--replicas",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 8),
+    help="Gateways serving the same providers, sharing each one's connections through a lease table.",
+)
+def demo(file_count: int, size_mb: int, replicas: int) -> None:
     """Run the whole system on this machine: embedded S3 + Step Functions, a sample
     provider, real transfers, and a summary table at the end."""
     try:
@@ -266,4 +280,4 @@ def demo(file_count: int, size_mb: int) -> None:
         raise click.ClickException(
             f"the demo needs the 'local' extra (pip install 'provider-gateway[local]'): {exc}"
         ) from None
-    sys.exit(run_demo(file_count=file_count, largest_mb=size_mb))
+    sys.exit(run_demo(file_count=file_count, largest_mb=size_mb, replicas=replicas))

@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
@@ -132,11 +133,27 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class ConnectionRecord:
+    """One connection through a :class:`CountingProxy` (epoch milliseconds)."""
+
+    opened_ms: int
+    closed_ms: int | None = None
+    last_sent_ms: int | None = None
+
+
 class CountingProxy:
     """A TCP proxy on loopback that counts the connections passing through it.
 
     Put in front of a server, it shows what the server sees: connections in
-    all and the most open at once. :meth:`drop` cuts every live connection.
+    all and the most open at once. :meth:`drop` cuts every live connection;
+    :meth:`stall` holds every byte (new connections too) until :meth:`unstall`.
+    ``history`` records, per connection, when it opened and closed and when
+    the client last sent bytes (wall clock, epoch milliseconds).
     """
 
     def __init__(self, target_port: int) -> None:
@@ -150,7 +167,22 @@ class CountingProxy:
         self.cuts: list[int] = []  # fault injection: cut the connection as ``relayed`` crosses each
         self._live: set[tuple[socket.socket, socket.socket]] = set()
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self.history: dict[tuple[socket.socket, socket.socket], ConnectionRecord] = {}
         threading.Thread(target=self._accept, name="proxy", daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        """``http://127.0.0.1:PORT``: the proxy as an HTTP endpoint."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def stall(self) -> None:
+        """Hold every byte in both directions, as a server that stopped answering."""
+        self._flowing.clear()
+
+    def unstall(self) -> None:
+        self._flowing.set()
 
     def _accept(self) -> None:
         while True:
@@ -166,6 +198,7 @@ class CountingProxy:
                 self.open += 1
                 self.max_open = max(self.max_open, self.open)
                 self._live.add((client, upstream))
+                self.history[(client, upstream)] = ConnectionRecord(opened_ms=_now_ms())
             done = threading.Event()
             pair = (client, upstream)
             for a, b, downstream in ((client, upstream, False), (upstream, client, True)):
@@ -182,6 +215,9 @@ class CountingProxy:
     ) -> None:
         try:
             while chunk := source.recv(1 << 20):
+                self._flowing.wait()
+                if not downstream:
+                    self.history[pair].last_sent_ms = _now_ms()
                 sink.sendall(chunk)
                 if downstream and self._crossed_cut(len(chunk)):
                     for sock in pair:
@@ -207,6 +243,7 @@ class CountingProxy:
             if pair in self._live:
                 self.open -= 1
                 self._live.discard(pair)
+                self.history[pair].closed_ms = _now_ms()
 
     def _closed_when(self, done: threading.Event, pair: tuple[socket.socket, socket.socket]) -> None:
         done.wait()

@@ -94,6 +94,7 @@ class GatewayProcess:
         launcher: tuple[str, ...] | None = None,
     ) -> None:
         self.log_path = log_path
+        self.killed = False
         self._log = log_path.open("wb")
         command = list(launcher) if launcher else [cli_path()]
         self.proc = subprocess.Popen(
@@ -106,6 +107,12 @@ class GatewayProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL, as a host or container that dies; the process is then not expected to exit 0."""
+        self.killed = True
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
 
     def terminate(self, timeout_s: float = 40) -> int:
         """SIGTERM, then wait; returns the exit code (kills the group if it hangs)."""

@@ -16,6 +16,7 @@ import yaml
 
 from provider_gateway.cli import main as cli
 from provider_gateway.lambdas.files import list_files
+from provider_gateway.leases.table import LEASE_TABLE_ACTIONS
 from provider_gateway.workflow import CALLBACK_PLACEHOLDERS
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "callback-downloader"
@@ -96,3 +97,21 @@ def test_state_machine_substitutions_fill_every_placeholder() -> None:
     json.loads(definition)
     placeholders = set(re.findall(r"\$\{(\w+)\}", definition))
     assert placeholders == set(machine["DefinitionSubstitutions"]) == set(CALLBACK_PLACEHOLDERS)
+
+
+def test_the_gateway_tasks_may_overlap_only_because_they_share_a_lease_table() -> None:
+    service = resources("AWS::ECS::Service")["GatewayService"]
+    task = resources("AWS::ECS::TaskDefinition")["GatewayTaskDefinition"]
+    table = resources("AWS::DynamoDB::Table")["ConnectionLeaseTable"]
+    role = resources("AWS::IAM::Role")["GatewayTaskRole"]
+    environment = {e["Name"]: e["Value"] for e in task["ContainerDefinitions"][0]["Environment"]}
+    statements = role["Policies"][0]["PolicyDocument"]["Statement"]
+    on_table = [s for s in statements if s["Resource"] == {"GetAtt": "ConnectionLeaseTable.Arn"}]
+
+    assert service["DeploymentConfiguration"]["MaximumPercent"] == 200
+    assert environment["LEASE_TABLE"] == {"Ref": "ConnectionLeaseTable"}
+    assert {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]} == {"provider": "HASH", "slot": "RANGE"}
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    # Exactly the calls the lease code makes (a new call must be granted here too).
+    assert on_table and set(on_table[0]["Action"]) == set(LEASE_TABLE_ACTIONS)

@@ -21,6 +21,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("HTTP_PROV_USERNAME", "HTTP_PROV_PASSWORD", "TOKEN_PROV_TOKEN"):
         monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("LEASE_TABLE", "my-stack-connection-leases")
 
     config = load_config(
         str(EXAMPLES / "collections.yml"),
@@ -31,6 +32,8 @@ def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.providers[2].gateway.conn.type == "gridftp"
     assert config.providers[0].gateway.sync_activity_arn is not None
     assert config.providers[0].gateway.activity_arn.endswith(":HttpProvDownloadActivity")
+    leases = config.providers[0].gateway.connection_leases
+    assert leases is not None and leases.table == "my-stack-connection-leases"
 
 
 def test_example_state_machine_is_the_one_the_code_builds_and_the_engine_accepts(sfn: Any) -> None:
@@ -84,3 +87,28 @@ def test_ecs_task_definition_runs_options_the_cli_has_and_stops_within_ecs_timeo
     policy = json.loads((EXAMPLES / "ecs" / "task-role-policy.json").read_text())
     actions = {a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
     assert "states:GetActivityTask" in actions and not any(a.endswith("*") for a in actions)
+
+
+def test_ecs_lease_table_and_policy_fit_the_lease_code(stack: Any) -> None:
+    import boto3
+
+    from provider_gateway.leases import LeaseTable
+    from provider_gateway.leases.table import LEASE_TABLE_ACTIONS
+
+    template = (EXAMPLES / "ecs" / "lease-table.json").read_text()
+    spec = json.loads(template.replace("${STACK_NAME}", unique("stack")))
+    env = stack.environment()
+    dynamodb = boto3.client(
+        "dynamodb",
+        endpoint_url=stack.endpoint,
+        region_name=env["AWS_REGION"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    dynamodb.create_table(**spec)
+    table = LeaseTable(dynamodb, spec["TableName"])
+    assert table.take("P", 0, "me", "id-1", 0, 1_000) and [s.slot for s in table.slots("P")] == [0]
+    policy = json.loads((EXAMPLES / "ecs" / "task-role-policy.json").read_text())
+    (statement,) = [s for s in policy["Statement"] if "dynamodb" in str(s["Action"])]
+    assert set(statement["Action"]) == set(LEASE_TABLE_ACTIONS)
+    assert statement["Resource"].endswith(":table/" + json.loads(template)["TableName"])

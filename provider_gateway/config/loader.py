@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from provider_gateway.config.credentials import check_credentials
 from provider_gateway.config.fields import Fields, at_least, one_of
 from provider_gateway.config.model import (
+    FENCE_MARGIN_S,
     SECRET_KEYS,
     Config,
     ConnConfig,
@@ -25,6 +26,7 @@ from provider_gateway.config.model import (
     GatewayConfig,
     GridftpConnConfig,
     HttpConnConfig,
+    LeaseConfig,
     ProviderConfig,
     SftpConnConfig,
 )
@@ -46,6 +48,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "shutdown_grace_s": (0, 3600),
     "timeout_s": (1, 600),
     "port": (1, 65535),
+    "lease_s": (10, 600),
+    "clock_skew_s": (0, 60),
+    "idle_release_s": (1, 3600),
 }
 """The range of every number in ``gateway_config``, by key: values outside are config errors naming the key."""
 
@@ -134,9 +139,33 @@ def _gateway(data: Any, path: str, resolver: ResourceResolver) -> GatewayConfig:
         read_timeout_s=f.take("read_timeout_s", float, 60.0, at_least(1)),
         shutdown_grace_s=f.take("shutdown_grace_s", float, 20.0, at_least(0)),
         payload_bucket=f.take("payload_bucket", str, None),
+        connection_leases=_leases(f.raw("connection_leases", None), f.key_path("connection_leases")),
     )
     f.finish()
     return config
+
+
+def _leases(data: Any, path: str) -> LeaseConfig | None:
+    if data is None:
+        return None
+    f = _fields(data, path)
+    config = LeaseConfig(
+        table=f.take("table", str, check=_table_name),
+        lease_s=f.take("lease_s", float, 30.0),
+        clock_skew_s=f.take("clock_skew_s", float, 1.0),
+        idle_release_s=f.take("idle_release_s", float, 10.0),
+    )
+    f.finish()
+    if config.lease_s < 4 * (config.clock_skew_s + FENCE_MARGIN_S):
+        raise ConfigError(
+            f"{path}.lease_s: must be at least 4 x (clock_skew_s + {FENCE_MARGIN_S:g}) = "
+            f"{4 * (config.clock_skew_s + FENCE_MARGIN_S):g}, so that renewals have time to succeed"
+        )
+    return config
+
+
+def _table_name(value: Any) -> str | None:
+    return None if re.fullmatch(r"[A-Za-z0-9_.-]{3,255}", value) else f"must be a DynamoDB table name; got {value!r}"
 
 
 def _arn(f: Fields, key: str, resolver: ResourceResolver, required: bool) -> str | None:

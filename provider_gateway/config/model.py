@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 FailureMode = Literal["task", "per_file"]
 
+# Time between a lease holder cutting its connection and the earliest moment another gateway may take the slot.
+FENCE_MARGIN_S = 2.0
+
 SECRET_MASK = "****"  # noqa: S105 - the mask shown instead of a secret
 
 
@@ -102,6 +105,30 @@ SECRET_KEYS = frozenset(
 
 
 @dataclass(frozen=True)
+class LeaseConfig:
+    """``connection_leases``: ``num_connections`` shared by every gateway using ``table``.
+
+    ``clock_skew_s`` is the most the wall clocks of two gateways may differ;
+    ``idle_release_s`` is how long an idle connection keeps its slot.
+    """
+
+    table: str
+    lease_s: float = 30.0
+    clock_skew_s: float = 1.0
+    idle_release_s: float = 10.0
+
+    @property
+    def usable_s(self) -> float:
+        """How long after sending a take or a renewal its holder may use the slot.
+
+        Another gateway can take the slot ``lease_s - clock_skew_s`` after
+        that at the earliest; :data:`FENCE_MARGIN_S` leaves time for the
+        connection to be cut before then.
+        """
+        return self.lease_s - self.clock_skew_s - FENCE_MARGIN_S
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """``config.gateway_config`` of one provider."""
 
@@ -117,6 +144,7 @@ class GatewayConfig:
     read_timeout_s: float = 60.0
     shutdown_grace_s: float = 20.0
     payload_bucket: str | None = None
+    connection_leases: LeaseConfig | None = None
 
 
 @dataclass(frozen=True)

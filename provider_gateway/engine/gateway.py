@@ -40,6 +40,7 @@ class Gateway:
         config: Config,
         sfn: Any,
         s3: Any,
+        dynamodb: Any | None = None,
         worker_name: str | None = None,
         metrics: Metrics | None = None,
         progress_interval_s: float = 30.0,
@@ -48,7 +49,9 @@ class Gateway:
         name = worker_name or f"provider-gateway/{__version__}@{socket.gethostname()}"
         self.metrics = metrics or Metrics()
         self.runtimes = [
-            ProviderRuntime(p, sfn, s3, worker_name=name, events=Events(p.id, self.metrics, progress_interval_s))
+            ProviderRuntime(
+                p, sfn, s3, worker_name=name, events=Events(p.id, self.metrics, progress_interval_s), dynamodb=dynamodb
+            )
             for p in config.providers
         ]
         self.metrics.watch(self._gauges)
@@ -144,6 +147,11 @@ class Gateway:
                 "provider_gateway_connections_busy",
                 "Connection threads copying a file.",
                 per_provider(lambda r: sum(w.current is not None for w in r.workers)),
+            ),
+            (
+                "provider_gateway_leases_held",
+                "Connection slot leases this gateway holds (providers with connection_leases).",
+                per_provider(lambda r: r.leases.held() if r.leases is not None else 0),
             ),
             (
                 "provider_gateway_tasks_in_flight",

@@ -16,6 +16,8 @@ from provider_gateway.errors import GatewayError, GatewayShutdown, InternalError
 log = logging.getLogger(__name__)
 
 POLL_ERROR_BACKOFF_S = (1, 2, 5, 10, 30)
+# How long a poller waits before asking again whether a claimed task could start (no slot free).
+NOT_READY_WAIT_S = 1.0
 
 # Builds the jobs of a claimed task (starting its heartbeat), or raises (InvalidRequest for bad input).
 TaskStarter = Callable[[str, str | None], list[Any]]
@@ -38,6 +40,7 @@ class ActivityPoller:
         on_error: Callable[[], None] | None = None,
         backoff_s: Sequence[float] = POLL_ERROR_BACKOFF_S,
         wait: Callable[[float], object] | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self._sfn = sfn
         self._arn = activity_arn
@@ -54,6 +57,7 @@ class ActivityPoller:
         self._backoff_s = tuple(backoff_s)
         self._wait = wait or self.stopping.wait
         """Sleeps between failed polls (the stop event's wait, so a stop cuts it short)."""
+        self._ready = ready
         self.failing_since: float | None = None
         """When GetActivityTask began failing without a success since (monotonic), or None."""
 
@@ -69,6 +73,9 @@ class ActivityPoller:
         while self._queue.reserve(self.stopping):
             jobs: list[Any] = []
             try:
+                if self._ready is not None and not self._ready():
+                    self.stopping.wait(NOT_READY_WAIT_S)  # the reservation is given back below
+                    continue
                 jobs = self._claim()
                 failures = 0
                 self.failing_since = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,10 +19,11 @@ from provider_gateway.engine.responder import Responder
 from provider_gateway.engine.task_run import FileJob, TaskRun
 from provider_gateway.engine.work_queue import WorkQueue
 from provider_gateway.engine.worker import ConnectionWorker
-from provider_gateway.errors import GatewayError, GatewayShutdown, InvalidRequest, TaskCancelled
+from provider_gateway.errors import ConfigError, GatewayError, GatewayShutdown, InvalidRequest, TaskCancelled
+from provider_gateway.leases import LeasedFactory, LeaseSlots, LeaseTable
 from provider_gateway.messages import DownloadTask, FileResult, parse_download_task, parse_sync_task
 from provider_gateway.ops.metrics import Metrics
-from provider_gateway.protocols import ConnectionSettings, check_url, connection_factory
+from provider_gateway.protocols import ConnectionFactory, ConnectionSettings, check_url, connection_factory
 from provider_gateway.transfer.copy import CopyOptions
 from provider_gateway.transfer.s3upload import MiB
 
@@ -34,7 +36,13 @@ class ProviderRuntime:
     """Serves one provider with exactly ``num_connections`` connection threads."""
 
     def __init__(
-        self, provider: ProviderConfig, sfn: Any, s3: Any, worker_name: str, events: Events | None = None
+        self,
+        provider: ProviderConfig,
+        sfn: Any,
+        s3: Any,
+        worker_name: str,
+        events: Events | None = None,
+        dynamodb: Any | None = None,
     ) -> None:
         self.provider = provider
         gateway = provider.gateway
@@ -53,6 +61,7 @@ class ProviderRuntime:
         )
         self._runs: set[TaskRun] = set()
         self._runs_lock = threading.Lock()
+        self.leases = self._lease_slots(dynamodb)
         self.workers = [self._worker(f"{provider.id}-conn-{i + 1}") for i in range(gateway.num_connections)]
         self._activities = {f"{provider.id}-poll-download": (gateway.activity_arn, parse_download_task)}
         if gateway.sync_activity_arn:
@@ -60,17 +69,44 @@ class ProviderRuntime:
         # Download and sync tasks share the provider's queue, so they share its connections.
         self.pollers = [self._poller(name) for name in self._activities]
 
+    def _lease_slots(self, dynamodb: Any | None) -> LeaseSlots | None:
+        leases = self.provider.gateway.connection_leases
+        if leases is None:
+            return None
+        if dynamodb is None:
+            raise ConfigError(f"{self.provider.id}: connection_leases needs a DynamoDB client")
+        table = LeaseTable(dynamodb, leases.table)
+        return LeaseSlots(table, self.provider.id, self.provider.gateway.num_connections, leases, self.events.metrics)
+
+    def _factory(self) -> ConnectionFactory:
+        gateway = self.provider.gateway
+        factory = connection_factory(gateway.conn)
+        if self.leases is None:
+            return factory
+        holder = f"{self._worker_name} pid {os.getpid()}"
+        return LeasedFactory(factory, self.leases, holder=holder, wait_s=gateway.read_timeout_s)
+
+    def _can_claim(self) -> bool:
+        """Whether a task claimed now could start: an idle connection holds a slot, or a slot is free."""
+        if self.leases is None:
+            return True
+        if any(w.connected and w.current is None for w in self.workers):
+            return True
+        return self.leases.free() > 0
+
     def _worker(self, name: str) -> ConnectionWorker:
         gateway = self.provider.gateway
+        leases = gateway.connection_leases
         return ConnectionWorker(
             gateway.conn,
-            connection_factory(gateway.conn),
+            self._factory(),
             ConnectionSettings(read_timeout_s=gateway.read_timeout_s),
             self.queue,
             self._s3,
             CopyOptions(min_part_size=gateway.part_size_mb * MiB, retries=gateway.retries),
             name=name,
             events=self.events,
+            idle_release_s=leases.idle_release_s if leases is not None else None,
         )
 
     def _poller(self, name: str) -> ActivityPoller:
@@ -84,10 +120,13 @@ class ProviderRuntime:
             worker_name=self._worker_name,
             name=name,
             on_error=lambda: self.events.metrics.poll_errors.labels(self.provider.id, arn).inc(),
+            ready=self._can_claim,
         )
 
     def start(self) -> None:
         """Start the connection threads, then the pollers."""
+        if self.leases is not None:
+            self.leases.start()
         for worker in self.workers:
             worker.start()
         for poller in self.pollers:
@@ -173,6 +212,8 @@ class ProviderRuntime:
 
     def cancel_all(self, reason: GatewayError) -> None:
         """Cancel every task in flight and answer the files still queued."""
+        if self.leases is not None:
+            self.leases.closing.set()
         with self._runs_lock:
             runs = list(self._runs)
         for run in runs:
@@ -225,6 +266,8 @@ class ProviderRuntime:
         deadline = time.monotonic() + timeout_s
         for worker in self.workers:
             worker.thread.join(max(0.0, deadline - time.monotonic()))
+        if self.leases is not None:
+            self.leases.flush()
 
 
 def shutdown_error() -> GatewayShutdown:

@@ -40,6 +40,7 @@ class ConnectionWorker:
         options: CopyOptions,
         name: str,
         events: Events,
+        idle_release_s: float | None = None,
     ) -> None:
         self._conn_config = conn_config
         self._factory = factory
@@ -48,6 +49,8 @@ class ConnectionWorker:
         self._s3 = s3
         self._options = options
         self._events = events
+        self._idle_release_s = idle_release_s
+        self._idle_since = time.monotonic()
         self._connection: Connection | None = None
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -90,6 +93,7 @@ class ConnectionWorker:
             while not self.stopping.is_set():
                 job = self._queue.get()
                 if job is None:
+                    self._release_if_idle()
                     continue
                 self.current = job
                 try:
@@ -105,9 +109,18 @@ class ConnectionWorker:
                 finally:
                     self.current = None
                     self.progress = None
+                    self._idle_since = time.monotonic()
                     self._queue.done()
         finally:
             self._puts.shutdown(wait=True)  # every file handed off is answered before the thread ends
+            self._disconnect()
+
+    def _release_if_idle(self) -> None:
+        """Close a connection idle for ``idle_release_s`` (leased slots go back to every gateway)."""
+        if self._idle_release_s is None or self._connection is None:
+            return
+        if time.monotonic() - self._idle_since >= self._idle_release_s:
+            log.info("connection idle for %.0f s: closing it to free its slot", self._idle_release_s)
             self._disconnect()
 
     def _upload(self, put: Callable[[], None]) -> Future[None]:

@@ -24,9 +24,10 @@ from urllib.parse import quote
 
 import yaml
 
-from provider_gateway.aws import default_session
+from provider_gateway.aws import AwsClients, default_session
 from provider_gateway.config import load_config
 from provider_gateway.engine.gateway import Gateway
+from provider_gateway.leases import create_table
 from provider_gateway.local.executions import wait_for_execution
 from provider_gateway.local.ftp_server import FileFTPServer
 from provider_gateway.local.http_server import FileHTTPServer
@@ -38,6 +39,7 @@ ROLE_ARN = "arn:aws:iam::123456789012:role/provider-gateway-demo"
 BUCKET = "demo-science-data"
 MB = 1_000_000
 MISSING = "not_there.h5"
+LEASE_TABLE = "demo-connection-leases"
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,12 @@ def sample_files(count: int, largest_mb: int) -> dict[str, bytes]:
     return {f"granule_{i:03d}.h5": os.urandom(size) for i, size in enumerate(sizes)}
 
 
-def run_demo(file_count: int = 6, largest_mb: int = 24) -> int:
-    """Run the demo; 0 when every file arrived whole and the missing one was reported."""
+def run_demo(file_count: int = 6, largest_mb: int = 24, replicas: int = 1) -> int:
+    """Run the demo; 0 when every file arrived whole and the missing one was reported.
+
+    With ``replicas`` > 1, that many gateways serve the same providers and
+    share each provider's 2 connections through a lease table.
+    """
     files = sample_files(file_count, largest_mb)
     with ExitStack() as stack:
         local = stack.enter_context(LocalStack(long_poll_s=5))
@@ -82,21 +88,35 @@ def run_demo(file_count: int = 6, largest_mb: int = 24) -> int:
         sfn, s3 = session.client("stepfunctions"), session.client("s3")
         s3.create_bucket(Bucket=BUCKET)
         machines = {p.id: _state_machine(sfn, p.id) for p in providers}
-        config = load_config(str(_write_config(providers, machines)))
-        gateway = Gateway(config, sfn=sfn, s3=s3)
+        dynamodb = None
+        if replicas > 1:
+            dynamodb = AwsClients(session).lease_table()
+            create_table(dynamodb, LEASE_TABLE)
+        config = load_config(str(_write_config(providers, machines, leases=replicas > 1)))
+        gateways = [
+            Gateway(config, sfn=sfn, s3=s3, dynamodb=dynamodb, worker_name=f"demo-gateway-{i + 1}")
+            for i in range(replicas)
+        ]
         print(f"embedded AWS stack on {local.endpoint}")
+        shared = f", shared by {replicas} gateways (lease table {LEASE_TABLE})" if replicas > 1 else ""
         for p in providers:
-            print(f"  {p.id:<10} {p.url_prefix:<32} 2 connections, activity {machines[p.id][0]}")
-        runner = threading.Thread(target=gateway.serve_forever, name="gateway", daemon=True)
-        runner.start()
+            print(f"  {p.id:<10} {p.url_prefix:<32} 2 connections{shared}, activity {machines[p.id][0]}")
+        runners = [
+            threading.Thread(target=g.serve_forever, name=f"gateway-{i + 1}", daemon=True)
+            for i, g in enumerate(gateways)
+        ]
+        for runner in runners:
+            runner.start()
         try:
             started = time.monotonic()
             rows = _run_executions(sfn, s3, machines, providers, files)
             elapsed = time.monotonic() - started
         finally:
-            gateway.stop()
-            runner.join(30)
-        _print_summary(rows, elapsed, providers)
+            for gateway in gateways:
+                gateway.stop()
+            for runner in runners:
+                runner.join(30)
+        _print_summary(rows, elapsed, providers, replicas)
     failures = [r for r in rows if r.file != MISSING and r.outcome != "SUCCEEDED"]
     missing_reported = any(r.file == MISSING and "SourceNotFound" in r.outcome for r in rows)
     return 0 if not failures and missing_reported else 1
@@ -141,7 +161,7 @@ def _state_machine(sfn: Any, provider_id: str) -> tuple[str, str]:
     return activity, machine
 
 
-def _write_config(providers: list[DemoProvider], machines: dict[str, tuple[str, str]]) -> Path:
+def _write_config(providers: list[DemoProvider], machines: dict[str, tuple[str, str]], leases: bool) -> Path:
     path = Path(tempfile.mkdtemp(prefix="provider-gateway-demo-")) / "collections.yml"
     document = {
         "providers": [
@@ -154,6 +174,7 @@ def _write_config(providers: list[DemoProvider], machines: dict[str, tuple[str, 
                         "num_connections": 2,
                         "heartbeat_interval_s": 5,
                         "allowed_buckets": [BUCKET],
+                        **({"connection_leases": {"table": LEASE_TABLE, "idle_release_s": 2}} if leases else {}),
                     }
                 },
             }
@@ -205,7 +226,7 @@ def _claimed_at(sfn: Any, arn: str, default: Any) -> Any:
     return default
 
 
-def _print_summary(rows: list[Row], elapsed: float, providers: list[DemoProvider]) -> None:
+def _print_summary(rows: list[Row], elapsed: float, providers: list[DemoProvider], replicas: int) -> None:
     print(f"\n{'provider':<10} {'file':<18} {'bytes':>12} {'MB/s':>7}  outcome")
     for r in rows:
         rate = f"{r.bytes / r.seconds / MB:7.1f}" if r.bytes and r.seconds > 0 else "      -"
@@ -214,4 +235,5 @@ def _print_summary(rows: list[Row], elapsed: float, providers: list[DemoProvider
     print(f"\n{len(rows)} executions, {total / MB:.1f} MB in {elapsed:.1f} s ({total / elapsed / MB:.1f} MB/s in all)")
     for p in providers:
         total_conns, max_conns = p.connections()
-        print(f"  {p.id:<10} saw {total_conns} connection(s) in all, at most {max_conns} at once (limit 2)")
+        limit = f"limit 2 for {replicas} gateways together" if replicas > 1 else "limit 2"
+        print(f"  {p.id:<10} saw {total_conns} connection(s) in all, at most {max_conns} at once ({limit})")

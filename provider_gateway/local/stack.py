@@ -23,9 +23,10 @@ class LocalStack:
     def __init__(self, port: int = 0, long_poll_s: float = 60.0) -> None:
         from moto.server import ThreadedMotoServer
 
-        from provider_gateway.local import moto_activities, moto_lambdas
+        from provider_gateway.local import moto_activities, moto_dynamodb, moto_lambdas
 
         moto_activities.install(long_poll_s=long_poll_s)
+        moto_dynamodb.install()
         moto_lambdas.install()
         # Every request and every failed execution would be printed otherwise.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)

@@ -27,6 +27,13 @@ def health(gateway: Gateway, unreachable_after_s: float = DEFAULT_UNREACHABLE_AF
                 problems.append(
                     f"{runtime.provider.id}: GetActivityTask on {poller.activity_arn} failing for {now - since:.0f} s"
                 )
+        leases = runtime.leases
+        if leases is not None and leases.failing_since is not None:
+            # Failing closed: no connection opens while the table cannot be read, so say so at once.
+            problems.append(
+                f"{runtime.provider.id}: lease table failing for {now - leases.failing_since:.0f} s, "
+                f"no new connections ({leases.last_error})"
+            )
     return {"healthy": not problems, "stopping": gateway.stop_requested(), "problems": problems}
 
 
@@ -51,6 +58,7 @@ def status(gateway: Gateway, unreachable_after_s: float = DEFAULT_UNREACHABLE_AF
                 "id": runtime.provider.id,
                 "type": runtime.provider.gateway.conn.type,
                 "num_connections": runtime.provider.gateway.num_connections,
+                "leases_held": runtime.leases.held() if runtime.leases is not None else None,
                 "tasks_in_flight": runtime.in_flight(),
                 "connections": connections,
             }

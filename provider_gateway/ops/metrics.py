@@ -67,6 +67,38 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.lease_waits = Counter(
+            "provider_gateway_lease_waits",
+            "Connections that had to wait for a free slot in the lease table.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.leases_taken = Counter(
+            "provider_gateway_leases_taken",
+            "Slot leases taken (one per connection opened under a lease).",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.lease_losses = Counter(
+            "provider_gateway_lease_losses",
+            "Leases lost before their connection closed (not renewed in time, or taken over): the connection was cut.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.lease_errors = Counter(
+            "provider_gateway_lease_errors",
+            "Calls to the lease table that failed.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.lease_renew_seconds = Histogram(
+            "provider_gateway_lease_renew_seconds",
+            "Time of one lease renewal (UpdateItem), failed ones included.",
+            ["provider"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+
     def file_done(self, provider: str, result: FileResult, seconds: float) -> None:
         if result.success:
             outcome = "skipped" if result.version_skip else "copied"
