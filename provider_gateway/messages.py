@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from provider_gateway.errors import InvalidRequest
+from provider_gateway.urls import redact_url, url_path
 
 CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
 FROM_CONFIG = "FROM_CONFIG"
@@ -25,19 +25,6 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 PointerReader = Callable[[str, str], Any]
 """Reads the JSON document at (bucket, key): how an S3 payload pointer is followed."""
-
-
-def redact_url(url: str) -> str:
-    """The URL without its userinfo (``user:password@``): what logs and messages may show."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
-
-
-def url_path(url: str) -> str:
-    """The decoded (percent-unescaped) path of a URL: the file name a server knows."""
-    return unquote(urlsplit(url).path)
 
 
 HEX_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
@@ -249,9 +236,9 @@ def target_from_config(output: dict[str, Any], url: str, message: dict[str, Any]
     prefix = fill_placeholders(output.get("key_prefix", ""), message, f"{where}: config.output.key_prefix")
     if not _BUCKET.match(bucket):
         raise InvalidRequest(f"{where}: config.output.bucket is not a valid bucket name: {bucket!r}")
-    name = posixpath.basename(unquote(urlsplit(url).path))
+    name = posixpath.basename(url_path(url))
     if not name:
-        raise InvalidRequest(f"{where}: the URL {url!r} names no file, so FROM_CONFIG has no key")
+        raise InvalidRequest(f"{where}: the URL {redact_url(url)!r} names no file, so FROM_CONFIG has no key")
     prefix = prefix.strip("/")
     return bucket, f"{prefix}/{name}" if prefix else name
 

@@ -17,8 +17,9 @@ from provider_gateway.lambdas.environment import (
     gateway_config,
     int_setting,
 )
-from provider_gateway.messages import FileRequest, parse_download_task, url_path
+from provider_gateway.messages import FileRequest, parse_download_task
 from provider_gateway.protocols import check_url
+from provider_gateway.urls import redact_url, url_path
 
 MAX_LIST_BYTES = 16 * 1024 * 1024
 
@@ -96,7 +97,7 @@ def _fetch_list(url: Any, provider: ProviderConfig | None) -> Any:
     try:
         return json.loads(data)
     except ValueError as exc:
-        raise InvalidRequest(f"the file list at {url} is not JSON: {exc}") from None
+        raise InvalidRequest(f"the file list at {redact_url(url)} is not JSON: {exc}") from None
 
 
 def _entry(index: int, item: Any, bucket: str, prefix: str) -> dict[str, Any]:

@@ -18,8 +18,8 @@ import time
 
 from provider_gateway.config.model import FtpConnConfig
 from provider_gateway.errors import GatewayError, SourceAccessDenied, SourceNotFound, SourceUnavailable
-from provider_gateway.messages import url_path
 from provider_gateway.protocols.base import ConnectionSettings
+from provider_gateway.urls import url_path
 
 # Checked with NOOP before reuse after this long without traffic.
 IDLE_CHECK_S = 15.0

@@ -22,8 +22,8 @@ import paramiko
 
 from provider_gateway.config.model import SftpConnConfig
 from provider_gateway.errors import GatewayError, SourceAccessDenied, SourceNotFound, SourceUnavailable
-from provider_gateway.messages import url_path
 from provider_gateway.protocols.base import ConnectionSettings
+from provider_gateway.urls import url_path
 
 # One SFTP read request per piece, of OpenSSH's largest read (255 KiB): paramiko's 32 KiB
 # requests reached ~110 MB/s here, 255 KiB ones ~200 MB/s. A server that answers with less
