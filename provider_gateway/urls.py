@@ -143,9 +143,10 @@ def split_host_port(text: str, where: str) -> tuple[str, int | None]:
 
 def _ipv6(address: str, where: str) -> str:
     try:
-        return str(ipaddress.IPv6Address(address))
+        ipaddress.IPv6Address(address)
     except ValueError:
         raise InvalidRequest(f"{where}: {address!r} is not an IPv6 address (zone ids are refused)") from None
+    return address.lower()
 
 
 def _name(host: str, where: str) -> str:
@@ -175,8 +176,6 @@ def _agree_with_urllib3(parsed: Url, shown: str) -> None:
     except LocationParseError as exc:
         raise InvalidRequest(f"URL {shown!r} cannot be parsed: {exc}") from None
     other_host = (other.host or "").lower().strip("[]")
-    if ":" in other_host:
-        other_host = str(ipaddress.IPv6Address(other_host))
     if ((other.scheme or "").lower(), other_host, other.port) != (parsed.scheme, parsed.host, parsed.port):
         raise InvalidRequest(f"URL {shown!r}: its host or port reads differently to different parsers")
 
