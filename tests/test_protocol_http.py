@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import socket
 import ssl
 import time
@@ -18,6 +19,7 @@ from provider_gateway.config.model import HttpConnConfig
 from provider_gateway.errors import SourceAccessDenied, SourceNotFound, SourceUnavailable
 from provider_gateway.protocols.base import ConnectionSettings
 from provider_gateway.protocols.http import HttpConnection
+from provider_gateway.urls import redact_url
 
 BASIC = "Basic " + base64.b64encode(b"alice:pw").decode()
 
@@ -158,3 +160,38 @@ def test_tls_is_verified_by_default_and_trusts_ca_bundle(tls_server: tuple[HTTPS
         ).open(url.replace("localhost", "127.0.0.1"))
     assert read_all(https(ca_bundle=str(ca_file)), url) == b"s"
     assert read_all(https(verify_tls=False), url) == b"s"
+
+
+SECRET_URLS = [
+    "/f?access_token=TOPSECRET1&granule=a.h5",
+    "/f?X-Amz-Credential=TOPSECRET2&X-Amz-Signature=TOPSECRET3&X-Amz-Security-Token=TOPSECRET4",
+    "/f?api_key=TOPSECRET5",
+    "/f?sig=TOPSECRET6&se=2030",
+]
+
+
+def test_query_credentials_never_reach_logs_or_errors(httpserver: HTTPServer, caplog: pytest.LogCaptureFixture) -> None:
+    httpserver.expect_request("/f").respond_with_data("gone", status=404)
+    caplog.set_level(logging.DEBUG)  # urllib3's own debug lines show every request's path and query
+    messages = []
+    for path in SECRET_URLS:
+        url = httpserver.url_for(path).replace("http://", "http://user:TOPSECRET0@")
+        with pytest.raises(SourceNotFound) as caught:
+            connect(httpserver).open(url)
+        messages.append(caught.value.message)
+        messages.append(redact_url(url))
+    client_log = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("werkzeug"))
+    shown = "\n".join(messages) + client_log
+    assert '"GET /f?access_token=***&granule=a.h5 HTTP/1.1" 404' in client_log  # urllib3's line, masked
+    assert "TOPSECRET" not in shown, shown
+
+
+def test_a_transport_error_message_masks_query_credentials() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = HttpConnConfig(type="http", host=f"127.0.0.1:{port}")
+    with pytest.raises(SourceUnavailable) as caught:
+        HttpConnection(config, ConnectionSettings()).open(f"http://127.0.0.1:{port}/f?token=TOPSECRET&x=1")
+    assert "TOPSECRET" not in caught.value.message
+    assert "token=***" in caught.value.message
