@@ -106,7 +106,7 @@ def parse_url(url: str) -> Url:
     if "\\" in parts.netloc or not parts.netloc.isascii() or any(c.isspace() for c in parts.netloc):
         raise InvalidRequest(f"URL {shown!r}: a backslash, whitespace or non-ASCII character in the authority")
     userinfo, _, host_port = parts.netloc.rpartition("@")
-    host, port = split_host_port(host_port, f"URL {shown!r}")
+    host, port = split_host_port(host_port, f"not a valid URL: {shown!r}")
     username, password = _userinfo(userinfo, parts.netloc, shown)
     parsed = Url(url, scheme, host, port, parts.path, parts.query, username, password)
     _agree_with_urllib3(parsed, shown)
