@@ -19,12 +19,14 @@ import trustme
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from provider_gateway.config import load_config
 from provider_gateway.config.model import HttpConnConfig
-from provider_gateway.errors import SourceAccessDenied, SourceUnavailable
+from provider_gateway.errors import ConfigError, SourceAccessDenied, SourceUnavailable
 from provider_gateway.protocols import http as http_protocol
 from provider_gateway.protocols.base import ConnectionSettings
 from provider_gateway.protocols.http import HttpConnection
 from tests.servers import CountingProxy
+from tests.support import write_config
 
 BASIC = "Basic " + base64.b64encode(b"alice:pw").decode()
 SECRET_HEADER = "X-Api-Key"
@@ -307,3 +309,41 @@ def test_abort_ends_a_read_blocked_on_a_stalled_body_at_once() -> None:
         release.set()
         listener.close()
         conn.close()
+
+
+def _load(tmp_path: Path, conn_config: dict[str, Any]) -> HttpConnConfig:
+    gateway = {"activity_arn": "arn:aws:states:us-east-1:123456789012:activity:a", "conn_config": conn_config}
+    path = write_config(tmp_path / "c.yml", [{"id": "P", "gateway_config": {**gateway, "num_connections": 1}}])
+    conn = load_config(str(path)).providers[0].gateway.conn
+    assert isinstance(conn, HttpConnConfig)
+    return conn
+
+
+@pytest.mark.parametrize(
+    ("conn_config", "message"),
+    [
+        ({"type": "http", "token": "t"}, "host: required when credentials or headers are configured"),
+        ({"type": "https", "headers": {"X-Api-Key": "k"}}, "host: required when credentials"),
+        ({"type": "https", "host": "h", "login_hosts": ["ftp://login.example"]}, "login_hosts: .*http or https"),
+        ({"type": "https", "host": "h", "login_hosts": ["*.example.org"]}, "login_hosts: .*not a host name"),
+        ({"type": "https", "host": "h", "redirect_hosts": ["cdn\\@x"]}, "redirect_hosts: .*backslash"),
+    ],
+)
+def test_the_config_refuses_credentials_without_a_host_and_bad_origins(
+    tmp_path: Path, conn_config: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _load(tmp_path, conn_config)
+
+
+def test_login_and_redirect_hosts_load(tmp_path: Path) -> None:
+    conn = _load(
+        tmp_path,
+        {
+            "type": "https",
+            "host": "h",
+            "login_hosts": ["URS.example.org", "https://login:8443"],
+            "redirect_hosts": ["*.cdn.example"],
+        },
+    )
+    assert (conn.login_hosts, conn.redirect_hosts) == (("urs.example.org", "https://login:8443"), ("*.cdn.example",))
