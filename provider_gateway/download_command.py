@@ -17,7 +17,8 @@ from provider_gateway import one_file
 from provider_gateway.aws import AwsClients
 from provider_gateway.config import Config
 from provider_gateway.errors import GatewayError
-from provider_gateway.messages import FileRequest, redact_url
+from provider_gateway.messages import FileRequest
+from provider_gateway.urls import redact_url
 
 
 def run_download(

@@ -13,10 +13,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from provider_gateway import json_input
 from provider_gateway.errors import InvalidRequest
+from provider_gateway.urls import redact_url, url_path
 
 CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
 FROM_CONFIG = "FROM_CONFIG"
@@ -30,19 +30,6 @@ PointerReader = Callable[[str, str, int], bytes]
 """Reads at most ``limit`` bytes of the object at (bucket, key, limit): how an S3 payload pointer is followed."""
 RawInput = str | Mapping[str, Any] | None
 """A task's input: JSON text (as Step Functions delivers it) or the object already decoded (a Lambda event)."""
-
-
-def redact_url(url: str) -> str:
-    """The URL without its userinfo (``user:password@``): what logs and messages may show."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
-
-
-def url_path(url: str) -> str:
-    """The decoded (percent-unescaped) path of a URL: the file name a server knows."""
-    return unquote(urlsplit(url).path)
 
 
 HEX_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}

@@ -28,11 +28,12 @@ from provider_gateway.config.model import (
     SftpConnConfig,
 )
 from provider_gateway.errors import GatewayError, GatewayShutdown, InvalidRequest
-from provider_gateway.messages import Checksum, FileRequest, FileResult, redact_url, result_fields, url_path
+from provider_gateway.messages import Checksum, FileRequest, FileResult, result_fields
 from provider_gateway.protocols import Connection, ConnectionSettings, check_url, connection_factory
 from provider_gateway.transfer.copy import CopyOptions, CopyOutcome, copy_file
 from provider_gateway.transfer.s3upload import MiB
 from provider_gateway.transfer.stream import ProgressCallback, TransferStream
+from provider_gateway.urls import parse_url, redact_url, url_path
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ def _check_option_files(scheme: str, identity_file: str | None, ca_bundle: str |
 
 
 def _split(url: str) -> SplitResult:
+    parse_url(url)  # InvalidRequest for anything two parsers could read differently
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port

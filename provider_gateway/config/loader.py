@@ -31,8 +31,9 @@ from provider_gateway.config.model import (
     SftpConnConfig,
 )
 from provider_gateway.config.yaml_source import ResourceRef, expand, parse_yaml, read_text
-from provider_gateway.errors import ConfigError
+from provider_gateway.errors import ConfigError, InvalidRequest
 from provider_gateway.ssh_known_hosts import settings_problem
+from provider_gateway.urls import parse_origin
 
 ResourceResolver = Callable[[str], str]
 
@@ -215,7 +216,7 @@ def _conn(data: Any, path: str) -> ConnConfig:
 
 
 def _http(f: Fields, kind: str) -> HttpConnConfig:
-    return HttpConnConfig(
+    conn = HttpConnConfig(
         type=kind,  # type: ignore[arg-type]
         host=f.take("host", str, None, _host_check(allow_port=True)),
         username=f.take("username", str, None),
@@ -224,9 +225,21 @@ def _http(f: Fields, kind: str) -> HttpConnConfig:
         headers=f.string_map("headers"),
         verify_tls=f.take("verify_tls", bool, True),
         ca_bundle=f.take("ca_bundle", str, None),
-        login_hosts=tuple(h.lower() for h in f.strings("login_hosts")),
+        login_hosts=_origins(f, "login_hosts"),
+        redirect_hosts=_origins(f, "redirect_hosts"),
         timeout_s=f.take("timeout_s", float, 30.0, at_least(1)),
     )
+    return conn
+
+
+def _origins(f: Fields, key: str) -> tuple[str, ...]:
+    entries = tuple(h.lower() for h in f.strings(key))
+    for entry in entries:
+        try:
+            parse_origin(entry, wildcard=key == "redirect_hosts")
+        except InvalidRequest as exc:
+            raise ConfigError(f"{f.key_path(key)}: {exc.message}") from None
+    return entries
 
 
 def _sftp(f: Fields) -> SftpConnConfig:

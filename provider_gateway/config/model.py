@@ -36,6 +36,7 @@ class HttpConnConfig:
     verify_tls: bool = True
     ca_bundle: str | None = None
     login_hosts: tuple[str, ...] = ()
+    redirect_hosts: tuple[str, ...] = ()
     timeout_s: float = 30.0
 
 

@@ -15,8 +15,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from provider_gateway.messages import FileRequest, FileResult, redact_url
+from provider_gateway.messages import FileRequest, FileResult
 from provider_gateway.ops.metrics import Metrics
+from provider_gateway.urls import redact_url
 
 log = logging.getLogger("provider_gateway.events")
 

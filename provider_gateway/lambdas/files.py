@@ -16,8 +16,9 @@ from provider_gateway.lambdas.environment import (
     int_setting,
     provider_config,
 )
-from provider_gateway.messages import FileRequest, parse_download_task, shown_url, url_path
+from provider_gateway.messages import FileRequest, parse_download_task, shown_url
 from provider_gateway.protocols import check_url
+from provider_gateway.urls import url_path
 
 MAX_LIST_BYTES = 16 * 1024 * 1024
 

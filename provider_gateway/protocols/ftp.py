@@ -34,8 +34,8 @@ from provider_gateway.errors import (
     SourceNotFound,
     SourceUnavailable,
 )
-from provider_gateway.messages import url_path
 from provider_gateway.protocols.base import ConnectionSettings
+from provider_gateway.urls import url_path
 
 # Checked with NOOP before reuse after this long without traffic.
 IDLE_CHECK_S = 15.0

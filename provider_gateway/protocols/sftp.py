@@ -23,9 +23,9 @@ from paramiko.ssh_exception import IncompatiblePeer
 from provider_gateway import ssh_known_hosts
 from provider_gateway.config.model import SftpConnConfig
 from provider_gateway.errors import GatewayError, SourceAccessDenied, SourceNotFound, SourceUnavailable
-from provider_gateway.messages import url_path
 from provider_gateway.protocols import ssh_identities
 from provider_gateway.protocols.base import ConnectionSettings
+from provider_gateway.urls import url_path
 
 # One SFTP read request per piece, of OpenSSH's largest read (255 KiB): paramiko's 32 KiB
 # requests reached ~110 MB/s here, 255 KiB ones ~200 MB/s. A server that answers with less

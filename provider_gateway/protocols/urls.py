@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from urllib.parse import SplitResult, urlsplit
-
 from provider_gateway.config.model import ConnConfig, HttpConnConfig
 from provider_gateway.errors import InvalidRequest
+from provider_gateway.urls import DEFAULT_PORTS, Url, parse_url, redact_url, split_host_port
 
 SCHEMES: dict[str, tuple[str, ...]] = {
     "http": ("http", "https"),
@@ -15,42 +14,47 @@ SCHEMES: dict[str, tuple[str, ...]] = {
     "sftp": ("sftp",),
     "gridftp": ("gsiftp", "ftp"),
 }
-DEFAULT_PORTS = {"http": 80, "https": 443, "ftp": 21, "ftps": 21, "sftp": 22, "gridftp": 2811}
 
 
-def check_url(conn: ConnConfig, url: str) -> SplitResult:
-    """Raise InvalidRequest unless ``url``'s scheme and host are this provider's."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise InvalidRequest(f"not a valid URL: {url!r} ({exc})") from exc
+def check_url(conn: ConnConfig, url: str) -> Url:
+    """The parsed URL; InvalidRequest unless its scheme, host and port are this provider's.
+
+    The returned :class:`~provider_gateway.urls.Url` is the one the protocols
+    connect to, so what was checked is what is fetched.
+    """
+    parsed = parse_url(url)
     allowed = SCHEMES[conn.type]
-    if parts.scheme.lower() not in allowed:
+    if parsed.scheme not in allowed:
         raise InvalidRequest(
-            f"scheme {parts.scheme or '(none)'!r} is not served by this {conn.type} provider "
+            f"scheme {parsed.scheme!r} of {redact_url(url)!r} is not served by this {conn.type} provider "
             f"(allowed: {', '.join(allowed)})"
         )
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise InvalidRequest(f"URL {url!r} names no host")
     if isinstance(conn, HttpConnConfig):
-        _check_http_host(conn, parts, host, port)
+        _check_http_host(conn, parsed)
     else:
-        if host != conn.host.lower():
-            raise InvalidRequest(f"host {host!r} is not this provider's host {conn.host!r}")
-        if port is not None and port != conn.port:
-            raise InvalidRequest(f"port {port} is not this provider's port {conn.port}")
-    return parts
+        if parsed.host != conn.host.lower():
+            raise InvalidRequest(f"host {parsed.host!r} is not this provider's host {conn.host!r}")
+        if parsed.port is not None and parsed.port != conn.port:
+            raise InvalidRequest(f"port {parsed.port} is not this provider's port {conn.port}")
+    return parsed
 
 
-def _check_http_host(conn: HttpConnConfig, parts: SplitResult, host: str, port: int | None) -> None:
+def provider_host(conn: HttpConnConfig) -> tuple[str, int | None] | None:
+    """(host, port or None) of an http(s) provider's configured ``host``; None when it names none."""
     if conn.host is None:
+        return None
+    return split_host_port(conn.host, "conn_config.host")
+
+
+def _check_http_host(conn: HttpConnConfig, parsed: Url) -> None:
+    want = provider_host(conn)
+    if want is None:
         return
-    want = urlsplit(f"//{conn.host}")
-    want_host = (want.hostname or "").lower()
-    if host != want_host:
-        raise InvalidRequest(f"host {host!r} is not this provider's host {want_host!r}")
-    effective = port if port is not None else DEFAULT_PORTS[parts.scheme.lower()]
-    if want.port is not None and effective != want.port:
-        raise InvalidRequest(f"port {effective} is not this provider's port {want.port}")
+    want_host, want_port = want
+    if parsed.host != want_host:
+        raise InvalidRequest(f"host {parsed.host!r} is not this provider's host {want_host!r}")
+    effective = parsed.effective_port
+    if want_port is not None and effective != want_port:
+        raise InvalidRequest(f"port {effective} is not this provider's port {want_port}")
+    if want_port is None and effective != DEFAULT_PORTS[parsed.scheme]:
+        raise InvalidRequest(f"port {effective} is not this provider's port (the {parsed.scheme} default)")

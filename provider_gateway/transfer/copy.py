@@ -15,10 +15,11 @@ from botocore.exceptions import ClientError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from provider_gateway.errors import GatewayError, InternalError, ResumeUnsupported
-from provider_gateway.messages import Checksum, FileRequest, FileResult, parse_sidecar, redact_url
+from provider_gateway.messages import Checksum, FileRequest, FileResult, parse_sidecar
 from provider_gateway.protocols.base import Connection, SourceStream
 from provider_gateway.transfer.s3upload import MiB, part_size_for, put_small, upload
 from provider_gateway.transfer.stream import CancelCheck, ProgressCallback, TransferStream
+from provider_gateway.urls import redact_url
 
 log = logging.getLogger(__name__)
 
