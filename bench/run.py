@@ -14,6 +14,8 @@ Cases (each run ``--runs`` times; the table shows min, median and max):
   small files       many 64 KiB files, 2 connections: the gateway (one task; a task per
                     file), rclone --transfers 2 --checkers 2, and the S3 server's own
                     PutObject rate: files/s and the provider connections open at once
+  leases            the small files in one task, without and with connection_leases (a fresh
+                    DynamoDB table each time): files/s, and DynamoDB calls per file
   huge file         one --huge-gib file with both connections busy: the gateway's peak RSS
   distance          small files and a large file through a delay proxy at each of
                     --distance-rtts (ms), the gateway beside rclone (see bench/distance.py)
@@ -46,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from distance import Distance  # noqa: E402
 from distance import add_arguments as add_distance_arguments  # noqa: E402
+from leases_case import gateway_small_leased  # noqa: E402
 from peers import Peers  # noqa: E402
 from stage import Stage  # noqa: E402
 
@@ -164,7 +167,9 @@ def main() -> None:
     parser.add_argument("--small-kib", type=int, default=64)
     parser.add_argument("--huge-gib", type=float, default=5)
     parser.add_argument("--protocols", default="http,ftp,sftp,gridftp")
-    parser.add_argument("--skip", default="", help="comma-separated groups to skip: limits,large,small,huge,distance")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated groups to skip: limits,large,small,leases,huge,distance"
+    )
     parser.add_argument("--only", default="", help="comma-separated groups to run, and no others")
     add_distance_arguments(parser)
     args = parser.parse_args()
@@ -181,7 +186,7 @@ def main() -> None:
         size = args.size_mib * MiB
         if not {"limits", "large"} <= skip:
             stage.make_file("big.bin", size)
-        if "small" not in skip:
+        if not {"small", "leases"} <= skip:
             stage.make_small_files(args.small_files, args.small_kib * 1024)
         distance = None if "distance" in skip else Distance(stage, args)
         for run in range(args.runs):
@@ -222,6 +227,14 @@ def main() -> None:
                     bench.attempt("small", f"{kind} rclone --transfers 2", lambda k=kind: peers.rclone_small(k))
             if distance is not None:
                 distance.run(bench)
+            if "leases" not in skip:
+                for kind in stage.kinds:
+                    bench.attempt("leases", f"{kind} gateway, one task", lambda k=kind: stage.gateway_small(k, False))
+                    bench.attempt(
+                        "leases",
+                        f"{kind} gateway, one task, connection_leases",
+                        lambda k=kind: gateway_small_leased(stage, k, False),
+                    )
         if "huge" not in skip:
             huge = int(args.huge_gib * GiB)
             stage.make_file("huge-a.bin", huge)

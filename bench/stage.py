@@ -353,11 +353,20 @@ class Stage:
     # --- the gateway -----------------------------------------------------------------------
 
     def gateway(
-        self, kind: str, connections: int, extra_env: dict[str, str] | None = None
+        self,
+        kind: str,
+        connections: int,
+        extra_env: dict[str, str] | None = None,
+        extra_config: dict[str, Any] | None = None,
     ) -> tuple[subprocess.Popen[bytes], str]:
         """A running ``provider-gateway run`` for ``kind``, and the state machine of its activity."""
         activity, machine = self.activity_and_machine(kind)
-        gateway_config = {"activity_arn": activity, "conn_config": self.conns[kind], "num_connections": connections}
+        gateway_config = {
+            "activity_arn": activity,
+            "conn_config": self.conns[kind],
+            "num_connections": connections,
+            **(extra_config or {}),
+        }
         config = self.work / f"{kind}-{time.time_ns()}.yml"
         provider = {"id": kind.upper().replace("-", "_"), "config": {"gateway_config": gateway_config}}
         config.write_text(yaml.safe_dump({"providers": [provider]}))
@@ -411,12 +420,19 @@ class Stage:
         self.s3.delete_object(Bucket=BUCKET, Key=f"gw-{kind}.bin")
         return figures
 
-    def gateway_small(self, kind: str, per_file: bool, names: list[str] | None = None) -> dict[str, float]:
+    def gateway_small(
+        self,
+        kind: str,
+        per_file: bool,
+        names: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
+        extra_config: dict[str, Any] | None = None,
+    ) -> dict[str, float]:
         """``names`` (the small files by default) over 2 connections, in one task or a task each."""
         names = self.small_names if names is None else names
         counted = self.counted(kind)
         self.reset_open[kind]()
-        proc, machine = self.gateway(counted, 2)
+        proc, machine = self.gateway(counted, 2, extra_env, extra_config)
         prefix = f"gw-small-{kind}-{time.time_ns()}"
         files = [
             {
