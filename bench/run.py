@@ -176,7 +176,7 @@ def main() -> None:
     protocols = args.protocols.split(",")
     skip = set(filter(None, args.skip.split(",")))
     if args.only:
-        skip |= {"limits", "large", "small", "huge", "distance"} - set(args.only.split(","))
+        skip |= {"limits", "large", "small", "leases", "huge", "distance"} - set(args.only.split(","))
     bench = Bench()
     machine = f"{platform.node()}: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}"
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="pg-bench-") as tmp:
