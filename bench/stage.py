@@ -49,7 +49,8 @@ class Zeros(io.RawIOBase):
         return bytes(n)
 s3 = boto3.client("s3")
 started = time.perf_counter()
-s3.upload_fileobj(Zeros(), "bench", "s3-alone.bin", Config=TransferConfig(multipart_chunksize=8 << 20))
+config = TransferConfig(multipart_chunksize=8 << 20, max_concurrency=4)
+s3.upload_fileobj(Zeros(), "bench", "s3-alone.bin", Config=config)
 print(json.dumps({"seconds": time.perf_counter() - started}))
 """
 

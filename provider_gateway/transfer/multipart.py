@@ -93,7 +93,7 @@ def s3_errors(target: Target) -> Iterator[None]:
         raise TargetWriteFailed(f"writing {target} failed: {exc}") from exc
 
 
-def put_object(s3: Any, target: Target, body: bytes) -> None:
+def put_object(s3: Any, target: Target, body: bytes | bytearray) -> None:
     """One PutObject."""
     extra: dict[str, Any] = {"Metadata": target.metadata} if target.metadata else {}
     with s3_errors(target):
@@ -115,7 +115,7 @@ def send(
     """
     first = bytearray()
     if _fill(stream, first, schedule.part_size(0, 0)):
-        put_object(s3, target, bytes(first))
+        put_object(s3, target, first)
         return Sent(parts=0, bytes=len(first), peak_buffered=len(first))
     return MultipartUpload(s3, target, schedule, cancelled or (lambda: None), retry).run(stream, first)
 
