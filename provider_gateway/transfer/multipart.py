@@ -6,12 +6,15 @@ parts upload in parallel, a failed part is sent again, and any failure aborts
 the upload.
 
 Memory: the parts of one upload hold at most
-``max(UPLOAD_BUFFER, L) + L`` bytes, where ``L`` is the largest part so far,
-itself at most ``PartSchedule.limit(bytes read)``: the minimum part size for the
-first ``GROWTH`` parts, then 1/1000 of the bytes read, at most 2 GiB. With the
-default 8 MiB minimum that is 40 MiB up to 8 GiB read (5 parts), about 300 MiB at
-100 GiB, and 4 GiB near 5 TiB. It follows the bytes actually read: a size
-claimed in the request can make parts smaller, never larger.
+``min(UPLOAD_CONCURRENCY x L, max(UPLOAD_BUFFER, L)) + L`` bytes
+(:meth:`PartSchedule.memory_bound`): up to 4 parts upload at once, fewer once
+they would hold more than 256 MiB, and one more part is being read. ``L``, the
+largest part so far, is at most ``PartSchedule.limit(bytes read)``: the minimum
+part size for the first 1,000 parts, then 1/1000 of the bytes read, at most
+2 GiB. With the default 8 MiB minimum that is 40 MiB up to 8,000 MiB read,
+359 MiB at 100 GiB and 4 GiB near 5 TiB. It follows the bytes actually read: a
+size claimed in the request can make parts smaller, never larger. Parts are
+kept as the pieces the source returned and sent without a copy (part_body).
 
 Failures: a source failure raised from ``stream.read()``, an S3 error on any call,
 a part that still fails after its retries, a cancel seen while waiting for S3,
@@ -28,13 +31,14 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from provider_gateway.errors import GatewayError, TargetWriteFailed
+from provider_gateway.transfer.part_body import Part, PartBody, Readable
 from provider_gateway.transfer.part_schedule import MAX_OBJECT_SIZE, MAX_PARTS, PartSchedule
 
 log = logging.getLogger(__name__)
@@ -46,12 +50,6 @@ RETRYABLE_CODES = frozenset(
 )
 
 CancelCheck = Callable[[], GatewayError | None]
-
-
-class Readable(Protocol):
-    """What the loop reads: ``read(n)`` returns b"" only at the proven end of the file."""
-
-    def read(self, amount: int) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,7 @@ def s3_errors(target: Target) -> Iterator[None]:
         raise TargetWriteFailed(f"writing {target} failed: {exc}") from exc
 
 
-def put_object(s3: Any, target: Target, body: bytes | bytearray) -> None:
+def put_object(s3: Any, target: Target, body: bytes | PartBody) -> None:
     """One PutObject."""
     extra: dict[str, Any] = {"Metadata": target.metadata} if target.metadata else {}
     with s3_errors(target):
@@ -113,26 +111,11 @@ def send(
     The object is created only after ``stream.read()`` has returned b"" (the end, proven
     and verified by the stream); anything raised before leaves no object and no upload.
     """
-    first = bytearray()
-    if _fill(stream, first, schedule.part_size(0, 0)):
-        put_object(s3, target, first)
-        return Sent(parts=0, bytes=len(first), peak_buffered=len(first))
+    first = Part()
+    if first.fill(stream, schedule.part_size(0, 0), READ_PIECE, lambda: None):
+        put_object(s3, target, first.body())
+        return Sent(parts=0, bytes=first.size, peak_buffered=first.size)
     return MultipartUpload(s3, target, schedule, cancelled or (lambda: None), retry).run(stream, first)
-
-
-def _fill(stream: Readable, buffer: bytearray, size: int, check: Callable[[], None] = lambda: None) -> bool:
-    """Read into ``buffer`` until it holds ``size`` bytes; True if the stream ended first.
-
-    ``check`` runs before each read and once the part is full.
-    """
-    while len(buffer) < size:
-        check()
-        piece = stream.read(min(READ_PIECE, size - len(buffer)))
-        if not piece:
-            return True
-        buffer += piece
-    check()
-    return False
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -163,10 +146,10 @@ class MultipartUpload:
         self._aborted = False
         self._upload_id = ""
         self._bytes_done = 0
-        self._reading: bytearray = bytearray()
+        self._reading = Part()
         self.peak_buffered = 0
 
-    def run(self, stream: Readable, first: bytearray) -> Sent:
+    def run(self, stream: Readable, first: Part) -> Sent:
         """Upload ``first`` and the rest of ``stream``, then complete; abort on any failure."""
         extra: dict[str, Any] = {"Metadata": self._target.metadata} if self._target.metadata else {}
         with s3_errors(self._target):
@@ -180,30 +163,30 @@ class MultipartUpload:
             raise
         return Sent(parts=parts, bytes=self._bytes_done, peak_buffered=self.peak_buffered)
 
-    def _send_all(self, stream: Readable, first: bytearray) -> int:
+    def _send_all(self, stream: Readable, first: Part) -> int:
         number = 1
         self._start(number, first)
         while True:
             size = self._schedule.part_size(number, self._bytes_done)
             self._wait_for_slot(size)
-            self._reading = part = bytearray()
-            ended = _fill(stream, part, size, self._check)
-            self._reading = bytearray()
-            if not part:
+            self._reading = part = Part()
+            ended = part.fill(stream, size, READ_PIECE, self._check)
+            self._reading = Part()
+            if not part.size:
                 return number
             number += 1
-            if number > MAX_PARTS or self._bytes_done + len(part) > MAX_OBJECT_SIZE:
+            if number > MAX_PARTS or self._bytes_done + part.size > MAX_OBJECT_SIZE:
                 raise TargetWriteFailed(f"writing {self._target} failed: the object is larger than S3's 5 TiB")
             self._start(number, part)
             if ended:
                 return number
 
-    def _start(self, number: int, data: bytearray) -> None:
+    def _start(self, number: int, data: Part) -> None:
         with self._lock:
             self._uploading += 1
-            self._uploading_bytes += len(data)
-            self._largest = max(self._largest, len(data))
-        self._bytes_done += len(data)
+            self._uploading_bytes += data.size
+            self._largest = max(self._largest, data.size)
+        self._bytes_done += data.size
         name = f"{threading.current_thread().name}-part-{number}"
         threading.Thread(target=self._upload_part, args=(number, data), name=name, daemon=True).start()
 
@@ -215,7 +198,7 @@ class MultipartUpload:
         """Between two reads: stop at once on a failed part or a cancel, and count the bytes held."""
         with self._lock:
             self._raise_failure()
-            self.peak_buffered = max(self.peak_buffered, self._uploading_bytes + len(self._reading))
+            self.peak_buffered = max(self.peak_buffered, self._uploading_bytes + self._reading.size)
         reason = self._cancelled()
         if reason is not None:
             raise reason
@@ -232,7 +215,7 @@ class MultipartUpload:
             if reason is not None:
                 raise reason
 
-    def _upload_part(self, number: int, data: bytearray) -> None:
+    def _upload_part(self, number: int, data: Part) -> None:
         try:
             etag = self._send_part(number, data)
         except BaseException as exc:  # noqa: BLE001 - handed to the reading thread, which raises it
@@ -246,10 +229,10 @@ class MultipartUpload:
         finally:
             with self._lock:
                 self._uploading -= 1
-                self._uploading_bytes -= len(data)
+                self._uploading_bytes -= data.size
                 self._lock.notify_all()
 
-    def _send_part(self, number: int, data: bytearray) -> str:
+    def _send_part(self, number: int, data: Part) -> str:
         retrying = Retrying(
             stop=stop_after_attempt(self._retry.attempts),
             wait=wait_exponential(multiplier=self._retry.wait_min_s, max=self._retry.wait_max_s),
@@ -271,7 +254,7 @@ class MultipartUpload:
                     Key=self._target.key,
                     UploadId=self._upload_id,
                     PartNumber=number,
-                    Body=data,
+                    Body=data.body(),
                 )
                 return str(response["ETag"])
         raise AssertionError("unreachable: tenacity re-raises the last failure")

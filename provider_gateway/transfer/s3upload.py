@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from provider_gateway.transfer.multipart import CancelCheck, Readable, Target, put_object, send
+from provider_gateway.transfer.multipart import CancelCheck, Target, put_object, send
+from provider_gateway.transfer.part_body import Readable
 from provider_gateway.transfer.part_schedule import MAX_PART_SIZE, MAX_PARTS, MiB, PartSchedule, clamp_part
 
 __all__ = ["MAX_PARTS", "MAX_PART_SIZE", "MiB", "part_size_for", "put_small", "upload"]
