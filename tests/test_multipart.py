@@ -372,3 +372,21 @@ def test_parts_stalled_in_s3_never_hold_up_the_process_exit(
     finally:
         stalling.release.set()
         process.kill()
+
+
+def test_an_abort_that_s3_fails_once_is_sent_again(proxy_for: Any, direct: Any, bucket: str) -> None:
+    aborts: list[str] = []
+
+    def fail(method: str, path: str) -> str | None:
+        if method == "DELETE":
+            aborts.append(path)
+            return "InternalError" if len(aborts) == 1 else None
+        return "AccessDenied" if part_number(path) == 2 else None
+
+    _, s3 = proxy_for(fail)
+
+    with pytest.raises(TargetWriteFailed, match="AccessDenied"):
+        send(s3, stream_of(Source(os.urandom(12 * MiB))), Target(bucket, "abort.bin"), PartSchedule(MIN))
+
+    assert len(aborts) >= 2
+    nothing_left(direct, bucket)

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 READ_PIECE = 1024 * 1024
 WAIT_TICK_S = 0.5
+ABORT_ATTEMPTS = 4
+ABORT_WAIT_S = 60.0
 RETRYABLE_CODES = frozenset(
     {"RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable", "Throttling", "ThrottlingException"}
 )
@@ -138,6 +140,7 @@ class MultipartUpload:
         self._retry = retry
         self._lock = threading.Condition()
         self._stopped = threading.Event()  # set on abort: part threads stop retrying
+        self._abort_done = threading.Event()
         self._etags: dict[int, str] = {}
         self._uploading = 0
         self._uploading_bytes = 0
@@ -290,16 +293,34 @@ class MultipartUpload:
             )
 
     def _abort(self) -> None:
+        """Abort once, from whichever thread fails first; the others wait until it is done."""
         with self._lock:
-            if self._aborted:
-                return
+            first = not self._aborted
             self._aborted = True
+        if not first:
+            if not self._abort_done.wait(ABORT_WAIT_S):
+                log.warning("the multipart upload of %s is still being aborted", self._target)
+            return
         self._stopped.set()
-        self._abort_request()
+        try:
+            self._abort_request()
+        finally:
+            self._abort_done.set()
 
     def _abort_request(self) -> None:
+        """AbortMultipartUpload, sent again while S3 answers with a transient error."""
+        retrying = Retrying(
+            stop=stop_after_attempt(ABORT_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.2, max=2),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        )
         try:
-            self._s3.abort_multipart_upload(Bucket=self._target.bucket, Key=self._target.key, UploadId=self._upload_id)
+            for attempt in retrying:
+                with attempt:
+                    self._s3.abort_multipart_upload(
+                        Bucket=self._target.bucket, Key=self._target.key, UploadId=self._upload_id
+                    )
         except (ClientError, BotoCoreError) as exc:
             if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
                 return
