@@ -3,9 +3,10 @@
 Any object up to S3's 5 TiB fits in its 10,000 parts, whether its size is known
 or not (see :mod:`provider_gateway.transfer.part_schedule`). Memory per upload
 follows the bytes read, not the size the request claims: at most
-``max(UPLOAD_BUFFER, L) + L`` bytes of parts, where ``L`` is the minimum part size
-up to ``GROWTH`` parts, then 1/1000 of the bytes read (at most 2 GiB); see
-:mod:`provider_gateway.transfer.multipart`. A gateway uses that per connection.
+``min(4 x L, max(256 MiB, L)) + L`` bytes of parts, where ``L`` is the minimum
+part size for the first 1,000 parts, then 1/1000 of the bytes read (at most
+2 GiB); see :mod:`provider_gateway.transfer.multipart`. A gateway uses that per
+connection.
 """
 
 from __future__ import annotations
