@@ -1,7 +1,8 @@
 """``make bench``: the gateway beside the tools users would pick instead, same machine, same run.
 
     .venv/bin/python bench/run.py [--runs 3] [--size-mib 1024] [--small-files 1000] [--huge-gib 5]
-                                  [--protocols http,ftp,sftp] [--skip large,small,huge] [--only distance]
+                                  [--protocols http,ftp,sftp] [--unknown-gib 100]
+                                  [--skip large,small,huge,unknown] [--only distance]
 
 Everything runs on loopback against the same local servers: nginx (HTTP), pyftpdlib
 (FTP), OpenSSH sshd (SFTP), and the local S3 (moto) in a process of its own.
@@ -19,6 +20,8 @@ Cases (each run ``--runs`` times; the table shows min, median and max):
   huge file         one --huge-gib file with both connections busy: the gateway's peak RSS
   distance          small files and a large file through a delay proxy at each of
                     --distance-rtts (ms), the gateway beside rclone (see bench/distance.py)
+  unknown size      one --unknown-gib file sent chunked over HTTP, no size anywhere, into an S3
+                    sink that enforces the 10,000-part and 5 MiB rules: time and peak RSS
 
 Tools that are missing (rclone, aws, nginx) are named in the output, not fatal:
 ``sudo apt-get install nginx rclone awscli`` (the bench installs them itself as root).
@@ -51,6 +54,7 @@ from distance import add_arguments as add_distance_arguments  # noqa: E402
 from leases_case import gateway_small_leased  # noqa: E402
 from peers import Peers  # noqa: E402
 from stage import Stage  # noqa: E402
+from unknown_size import gateway_unknown_size  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -166,9 +170,10 @@ def main() -> None:
     parser.add_argument("--small-files", type=int, default=1000)
     parser.add_argument("--small-kib", type=int, default=64)
     parser.add_argument("--huge-gib", type=float, default=5)
+    parser.add_argument("--unknown-gib", type=float, default=100)
     parser.add_argument("--protocols", default="http,ftp,sftp,gridftp")
     parser.add_argument(
-        "--skip", default="", help="comma-separated groups to skip: limits,large,small,leases,huge,distance"
+        "--skip", default="", help="comma-separated groups to skip: limits,large,small,leases,huge,unknown,distance"
     )
     parser.add_argument("--only", default="", help="comma-separated groups to run, and no others")
     add_distance_arguments(parser)
@@ -176,7 +181,7 @@ def main() -> None:
     protocols = args.protocols.split(",")
     skip = set(filter(None, args.skip.split(",")))
     if args.only:
-        skip |= {"limits", "large", "small", "leases", "huge", "distance"} - set(args.only.split(","))
+        skip |= {"limits", "large", "small", "leases", "huge", "unknown", "distance"} - set(args.only.split(","))
     bench = Bench()
     machine = f"{platform.node()}: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}"
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="pg-bench-") as tmp:
@@ -240,6 +245,13 @@ def main() -> None:
             stage.make_file("huge-a.bin", huge)
             stage.make_file("huge-b.bin", huge)
             bench.attempt("huge", f"gateway, 2 x {args.huge_gib:g} GiB at once", lambda: stage.gateway_huge(huge))
+        if "unknown" not in skip:
+            unknown = int(args.unknown_gib * GiB)
+            bench.attempt(
+                "unknown",
+                f"gateway, {args.unknown_gib:g} GiB, size unknown",
+                lambda: gateway_unknown_size(stage, unknown),
+            )
     rows = bench.table()
     print_table(rows, bench.notes, machine)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ BUCKET = "bench"
 
 S3_ALONE = """
 import io, json, sys, time, boto3
-from provider_gateway.transfer.s3upload import transfer_config, part_size_for
+from boto3.s3.transfer import TransferConfig
 size = int(sys.argv[1])
 class Zeros(io.RawIOBase):
     def __init__(self): self.left = size
@@ -49,7 +49,8 @@ class Zeros(io.RawIOBase):
         return bytes(n)
 s3 = boto3.client("s3")
 started = time.perf_counter()
-s3.upload_fileobj(Zeros(), "bench", "s3-alone.bin", Config=transfer_config(part_size_for(size, 8 << 20)))
+config = TransferConfig(multipart_chunksize=8 << 20, max_concurrency=4)
+s3.upload_fileobj(Zeros(), "bench", "s3-alone.bin", Config=config)
 print(json.dumps({"seconds": time.perf_counter() - started}))
 """
 

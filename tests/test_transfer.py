@@ -1,4 +1,4 @@
-"""The stream upload_fileobj reads, and the part size rules."""
+"""The stream the upload reads (the part sizes: test_part_schedule.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 from provider_gateway.errors import GatewayShutdown, IntegrityError
 from provider_gateway.messages import Checksum, FileRequest
 from provider_gateway.transfer.copy import CopyOptions, copy_file
-from provider_gateway.transfer.s3upload import MAX_PARTS, MiB, part_size_for
 from provider_gateway.transfer.stream import TransferStream
 
 
@@ -70,17 +69,6 @@ def test_cancellation_is_raised_from_read() -> None:
     reason.append(GatewayShutdown("stopping"))
     with pytest.raises(GatewayShutdown):
         stream.read(1000)
-
-
-def test_part_size_fits_any_size_up_to_5_tib_in_10000_parts() -> None:
-    minimum = 8 * MiB
-    assert part_size_for(None, minimum) == minimum
-    assert part_size_for(1, minimum) == minimum
-    for size in (80 * 1024 * MiB, 1024**4, 5 * 1024**4):
-        part = part_size_for(size, minimum)
-        assert part % MiB == 0
-        assert -(-size // part) <= MAX_PARTS
-    assert part_size_for(5 * 1024**4, minimum) == 525 * MiB
 
 
 class _Buggy:

@@ -193,7 +193,16 @@ class _Copier:
                 else:
                     self.pending = self.uploader(put)
             else:
-                upload(self.s3, stream, request.bucket, request.key, part_size, metadata)
+                upload(
+                    self.s3,
+                    stream,
+                    request.bucket,
+                    request.key,
+                    part_size,
+                    metadata,
+                    size=size,
+                    cancelled=self.cancelled,
+                )
         finally:
             stream.close()
         return FileResult(success=True, bytes=stream.bytes, checksum=stream.checksum)

@@ -1,84 +1,57 @@
-"""Streaming into S3 with ``upload_fileobj``, part size chosen from the file's size.
+"""Writing a file into S3: one PutObject when it fits one part, else a multipart upload whose parts grow.
 
-Memory: s3transfer holds at most ``max_in_memory_upload_chunks`` parts of a
-non-seekable stream plus the one being read, so one transfer uses about
-``(UPLOAD_CHUNKS_IN_MEMORY + 1) x part_size`` bytes; a gateway uses that per
-connection, whatever the file size.
+Any object up to S3's 5 TiB fits in its 10,000 parts, whether its size is known
+or not (see :mod:`provider_gateway.transfer.part_schedule`). Memory per upload
+follows the bytes read, not the size the request claims: at most
+``min(4 x L, max(256 MiB, L)) + L`` bytes of parts, where ``L`` is the minimum
+part size for the first 1,000 parts, then 1/1000 of the bytes read (at most
+2 GiB); see :mod:`provider_gateway.transfer.multipart`. A gateway uses that per
+connection.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from boto3.exceptions import S3UploadFailedError
-from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from provider_gateway.transfer.multipart import CancelCheck, Target, put_object, send
+from provider_gateway.transfer.part_body import Readable
+from provider_gateway.transfer.part_schedule import MAX_PART_SIZE, MAX_PARTS, MiB, PartSchedule, clamp_part
 
-from provider_gateway.errors import GatewayError, TargetWriteFailed
-from provider_gateway.transfer.stream import TransferStream
-
-MiB = 1024 * 1024
-MAX_PARTS = 10_000
-MAX_PART_SIZE = 5 * 1024 * MiB
-UPLOAD_CONCURRENCY = 4
-UPLOAD_CHUNKS_IN_MEMORY = 4
+__all__ = ["MAX_PARTS", "MAX_PART_SIZE", "MiB", "part_size_for", "put_small", "upload"]
 
 
 def part_size_for(size: int | None, minimum: int) -> int:
-    """The smallest whole-MiB part size >= ``minimum`` that fits ``size`` in 10,000 parts.
+    """The first part's size: ``minimum`` within S3's limits, whatever ``size`` is.
 
-    With an unknown size the object is capped at 10,000 x ``minimum``.
+    A file of at most this size is sent with one PutObject. Later parts grow
+    with the bytes read, so any size up to 5 TiB fits in 10,000 parts.
     """
-    if size is None:
-        return minimum
-    needed = math.ceil(size / MAX_PARTS / MiB) * MiB
-    return min(max(minimum, needed), MAX_PART_SIZE)
-
-
-def transfer_config(part_size: int) -> TransferConfig:
-    """The explicit TransferConfig every upload uses."""
-    config = TransferConfig(
-        multipart_threshold=part_size,
-        multipart_chunksize=part_size,
-        max_concurrency=UPLOAD_CONCURRENCY,
-        use_threads=True,
-    )
-    # boto3's TransferConfig does not take this s3transfer setting as an argument.
-    config.max_in_memory_upload_chunks = UPLOAD_CHUNKS_IN_MEMORY
-    return config
+    return clamp_part(minimum)
 
 
 def upload(
     s3: Any,
-    stream: TransferStream,
+    stream: Readable,
     bucket: str,
     key: str,
     part_size: int,
     metadata: dict[str, str] | None = None,
+    *,
+    size: int | None = None,
+    cancelled: CancelCheck | None = None,
 ) -> None:
-    """Stream ``stream`` to ``s3://bucket/key``; a failure leaves no object behind.
+    """Stream ``stream`` to ``s3://bucket/key``; a failure leaves no object and no multipart upload behind.
 
-    A source failure raised from ``stream.read()`` is re-raised as it was; a
-    failure of S3 itself becomes TargetWriteFailed.
+    ``part_size`` is the first part's size (:func:`part_size_for`); ``size`` the
+    announced size, if any (it can only make parts smaller); ``cancelled`` is asked
+    while waiting for S3, so a cancel is not held up by a slow part. A failure
+    raised from ``stream.read()`` (the source's, or a cancel) is re-raised as it was;
+    a failure of S3 itself becomes TargetWriteFailed with S3's error code.
     """
-    extra: dict[str, Any] = {"Metadata": metadata} if metadata else {}
-    try:
-        s3.upload_fileobj(stream, bucket, key, ExtraArgs=extra, Config=transfer_config(part_size))
-    except GatewayError:
-        raise
-    except (ClientError, S3UploadFailedError, BotoCoreError) as exc:
-        if stream.error is not None:
-            raise stream.error from exc
-        raise TargetWriteFailed(f"writing s3://{bucket}/{key} failed: {exc}") from exc
-    if stream.error is not None:  # s3transfer swallowed it: never report success then
-        raise stream.error
+    target = Target(bucket, key, metadata or {})
+    send(s3, stream, target, PartSchedule(clamp_part(part_size), size), cancelled)
 
 
 def put_small(s3: Any, body: bytes, bucket: str, key: str, metadata: dict[str, str] | None = None) -> None:
-    """One PutObject for a file that fits in one part: no transfer manager, no multipart calls."""
-    extra: dict[str, Any] = {"Metadata": metadata} if metadata else {}
-    try:
-        s3.put_object(Bucket=bucket, Key=key, Body=body, **extra)
-    except (ClientError, BotoCoreError) as exc:
-        raise TargetWriteFailed(f"writing s3://{bucket}/{key} failed: {exc}") from exc
+    """One PutObject for a file that fits in one part: no multipart calls."""
+    put_object(s3, Target(bucket, key, metadata or {}), body)
