@@ -42,12 +42,19 @@ class AwsClients:
         return self._session.client("s3", config=config)
 
     def sfn(self) -> Any:
-        """A Step Functions client whose read timeout outlasts the 60 s long poll."""
+        """A Step Functions client whose read timeout outlasts the 60 s long poll.
+
+        botocore tries each call twice at most: the callers retry on their own
+        schedule (the poller's backoff, the next heartbeat, the responder's
+        retries), which a stop can cut short. Five botocore attempts inside
+        each of theirs took up to 15 s per try, so a throttled answer could
+        miss the end of a shutdown.
+        """
         config = BotoConfig(
             read_timeout=ACTIVITY_POLL_READ_TIMEOUT_S,
             connect_timeout=10,
             max_pool_connections=self._max_pool,
-            retries={"mode": "standard", "max_attempts": 5},
+            retries={"mode": "standard", "max_attempts": 2},
             tcp_keepalive=True,
         )
         return self._session.client("stepfunctions", config=config)

@@ -486,7 +486,7 @@ def _lambdas(
     }
     outcomes: dict[str, str] = {}
     for name, event in list_events.items():
-        outcomes[name] = _call(lambda e=event: list_files({**e, "target": target}), seen, name)
+        outcomes[name] = _call(lambda e=event: _without_working_urls(list_files({**e, "target": target})), seen, name)
 
     def task(provider: str, url: str, key: str) -> dict[str, Any]:
         entry = {"source": {"url": url}, "target": {"bucket": bucket, "key": key}}
@@ -503,6 +503,18 @@ def _lambdas(
     for name, event in download_events.items():
         outcomes[name] = _call(lambda e=event: download_lambda(e, Context()), seen, name)
     return outcomes
+
+
+def _without_working_urls(listed: dict[str, Any]) -> dict[str, Any]:
+    """The file list without each file's URL and the task and Batch job built on it (the next state runs
+    them, and must fetch the URL as given).
+
+    Pre-signed query credentials are part of that URL. Everything else the
+    list holds (messages, errors, routing) is still searched.
+    """
+    files = [{k: v for k, v in entry.items() if k not in ("url", "task", "batch")} for entry in listed.get("files", [])]
+    assert all(entry.get("url") for entry in listed.get("files", [])), "every listed file keeps its URL"
+    return {**listed, "files": files}
 
 
 def _call(handler: Any, seen: Seen, where: str) -> str:

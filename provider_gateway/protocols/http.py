@@ -91,22 +91,26 @@ def refuse_address(host: str, address: str) -> None:
 
 
 class _Sockets:
-    """The connections one HttpConnection opened, so that abort() can cut the one being read."""
+    """The sockets one HttpConnection opened, so that abort() can cut the one being read.
+
+    The socket objects themselves are kept, not the connections' ``sock``:
+    http.client drops that reference when a response will close the
+    connection, and the response then reads a socket no connection names.
+    """
 
     def __init__(self) -> None:
-        self._live: weakref.WeakSet[HTTPConnection] = weakref.WeakSet()
+        self._live: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self._lock = threading.Lock()
 
-    def add(self, connection: HTTPConnection) -> None:
+    def add(self, sock: socket.socket) -> None:
         with self._lock:
-            self._live.add(connection)
+            self._live.add(sock)
 
     def cut(self) -> None:
         with self._lock:
             live = list(self._live)
-        for connection in live:
-            sock = connection.sock
-            if sock is not None:
+        for sock in live:
+            if sock.fileno() != -1:  # a socket wrapped for TLS is detached: its SSLSocket is in the set too
                 # socket.socket's own shutdown: SSLSocket's would also drop its SSL object under the reader.
                 with contextlib.suppress(OSError):
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
@@ -121,7 +125,7 @@ def _guarded_pools(sockets: _Sockets) -> dict[str, type[HTTPConnectionPool]]:
         except GatewayError:
             opened.close()
             raise
-        sockets.add(connection)
+        sockets.add(opened)
         return opened
 
     class GuardedHTTPConnection(HTTPConnection):
@@ -131,6 +135,11 @@ def _guarded_pools(sockets: _Sockets) -> dict[str, type[HTTPConnectionPool]]:
     class GuardedHTTPSConnection(HTTPSConnection):
         def _new_conn(self) -> socket.socket:
             return new_conn(self, super()._new_conn())
+
+        def connect(self) -> None:
+            super().connect()
+            if self.sock is not None:  # the TLS socket that replaced the one _new_conn opened
+                sockets.add(self.sock)
 
     class GuardedHTTPPool(HTTPConnectionPool):
         ConnectionCls = GuardedHTTPConnection
