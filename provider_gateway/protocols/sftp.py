@@ -96,6 +96,8 @@ class SftpStream:
         return b""
 
     def close(self) -> None:
+        if self._owner.broken:
+            return  # no close request over a broken session: the connection is replaced, the handle with it
         try:
             self._file.close()
         except (OSError, EOFError, paramiko.SSHException):
@@ -252,12 +254,16 @@ class SftpConnection:
                 self._sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        if self.broken:
+            self.abort()  # nothing more is said on a broken session: no close request waits on a stalled link
         try:
             self._sftp.close()
         except (OSError, EOFError, paramiko.SSHException):
             pass  # the session is gone already (dropped, or abort()); the transport is closed below
         finally:
             self._transport.close()
+            if self._sock is not None:
+                self._sock.close()  # Transport.close() leaves the socket open when its thread has already ended
 
 
 def parse_host_key(text: str) -> paramiko.PKey:
