@@ -33,4 +33,4 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
     CMD ["provider-gateway", "status", "--check", "--url", "http://127.0.0.1:9108"]
 # Exec form: SIGTERM from ECS reaches the gateway, which then stops gracefully.
 ENTRYPOINT ["provider-gateway"]
-CMD ["run", "--config", "/config/collections.yml", "--metrics-port", "9108"]
+CMD ["run", "--config", "/config/collections.yml", "--metrics-port", "9108", "--metrics-host", "0.0.0.0"]

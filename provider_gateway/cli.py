@@ -59,7 +59,12 @@ def main(log_level: str, log_format: str | None) -> None:
     type=click.IntRange(0, 65535),
     help="Serve /metrics (Prometheus), /healthz and /status on this port.",
 )
-@click.option("--metrics-host", default="0.0.0.0", show_default=True, help="Address of the metrics endpoint.")  # noqa: S104
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address of the metrics endpoint (/status shows what is in flight: give 0.0.0.0 only where it is private).",
+)
 @click.option(
     "--progress-interval-s",
     type=click.FloatRange(min=0.1),
