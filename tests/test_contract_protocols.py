@@ -154,7 +154,10 @@ def test_data_ending_early_without_a_known_size_is_never_a_short_success(
 ) -> None:
     """The data stops partway and the request names no size: resumed to the exact bytes, or failed."""
     if provider.cut is None:
-        pytest.skip(f"the {provider.kind} test provider cannot break a transfer: {provider.notes}")
+        # In CI every provider is the real server, which can be cut: a stand-in there is an error.
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            f"the {provider.kind} test provider cannot break a transfer: {provider.notes}"
+        )
     data = os.urandom(24 * MiB + 321)
     provider.put("cut.nc", data)
     happened = provider.cut("cut.nc", 9 * MiB)

@@ -27,6 +27,7 @@ from provider_gateway.protocols.base import ConnectionSettings
 from provider_gateway.protocols.http import HttpConnection
 from tests.servers import CountingProxy
 from tests.support import write_config
+from tests.test_protocol_http import read_all
 
 BASIC = "Basic " + base64.b64encode(b"alice:pw").decode()
 SECRET_HEADER = "X-Api-Key"
@@ -56,17 +57,6 @@ def servers() -> Iterator[dict[str, HTTPServer]]:
 def connection(provider: HTTPServer, kind: str = "http", **conn: Any) -> HttpConnection:
     config = HttpConnConfig(type=kind, host=f"{provider.host}:{provider.port}", **conn)  # type: ignore[arg-type]
     return HttpConnection(config, ConnectionSettings(read_timeout_s=10))
-
-
-def read_all(conn: HttpConnection, url: str) -> bytes:
-    stream = conn.open(url)
-    try:
-        pieces = []
-        while piece := stream.read(1 << 20):
-            pieces.append(piece)
-        return b"".join(pieces)
-    finally:
-        stream.close()
 
 
 def redirect(server: HTTPServer, path: str, location: str) -> None:
