@@ -9,7 +9,7 @@ layer only as :class:`~provider_gateway.errors.GatewayError` subclasses.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -68,4 +68,22 @@ class Connection(Protocol):
         connection broken: :meth:`check` is False afterwards and the owner
         replaces it.
         """
+        ...
+
+
+@runtime_checkable
+class SharedConnection(Connection, Protocol):
+    """A connection that carries several files at once (SFTP: requests interleaved in one session).
+
+    Its owner (a connection slot) serves every file through a lane and
+    closes the shared connection itself. A lane is a :class:`Connection`
+    used by one thread at a time: its ``open`` and reads go over this same
+    network connection; its ``abort()`` fails only the lane's own file and
+    leaves the shared connection and the other lanes working; its
+    ``check()`` is the shared connection's; its ``close()`` releases the
+    lane only. Closing or aborting the shared connection breaks every lane.
+    """
+
+    def lane(self) -> Connection:
+        """A new lane over this connection."""
         ...
