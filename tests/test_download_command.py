@@ -110,7 +110,7 @@ def test_download_of_a_same_version_object_is_skipped(
     with FileHTTPServer() as server:
         server.files["/k"] = b"new"
         done = run_download(aws_env, server.url("/k"), f"s3://{bucket}/k", "--version", "v1")
-        requests_seen = server.connections_total
+        requests_seen = server.connections.total
     assert done.returncode == 0, done.stderr
     assert json_line(done)["version_skip"] is True
     assert requests_seen == 0
