@@ -47,6 +47,7 @@ class SftpStream:
         self._held = 0  # read budget this file holds
         self._handle: bytes | None = None
         self._closed = False
+        self._failed: GatewayError | None = None
         self.size = 0
         self._position = offset  # the next byte to take from a reply
         self._next = offset  # the next byte to ask for
@@ -77,9 +78,15 @@ class SftpStream:
         return self
 
     def read(self, amount: int) -> bytes:
-        """Up to ``amount`` bytes; ``b""`` only at the size the stat gave."""
+        """Up to ``amount`` bytes; ``b""`` only at the size the stat gave; after a failure, that failure again."""
+        if self._failed is not None:
+            raise type(self._failed)(self._failed.message)
         if not self._remainder:
-            self._remainder = self._next_piece()
+            try:
+                self._remainder = self._next_piece()
+            except GatewayError as exc:
+                self._failed = exc  # the bytes of the failed read are not coming: none after them may be handed out
+                raise
         piece, self._remainder = self._remainder[:amount], self._remainder[amount:]
         return piece
 
