@@ -156,6 +156,7 @@ class SftpSession:
 
     def _send_locked(self, reply: Reply, t: int, *args: object) -> None:
         with self._lock:
+            self._raise_if_broken()  # else a reply added after fail() took the others would wait in vain
             self._pending.add(reply)
         self._sftp._async_request(reply, t, *args)  # type: ignore[attr-defined]
 
