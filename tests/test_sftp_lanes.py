@@ -22,6 +22,7 @@ import pytest
 from provider_gateway.config import parse_config
 from provider_gateway.config.model import SftpConnConfig
 from provider_gateway.errors import ConfigError, SourceNotFound, SourceUnavailable
+from provider_gateway.protocols import sftp_stream
 from provider_gateway.protocols.base import Connection, ConnectionSettings, SharedConnection, SourceStream
 from provider_gateway.protocols.sftp import PIECE, SftpConnection
 from provider_gateway.protocols.sftp_session import FILE_AHEAD, READ_BUDGET
@@ -298,6 +299,28 @@ def test_an_open_aborted_before_its_handle_arrives_leaves_the_session_working(
         assert connection.session._orphans == [] and connection.check()
     finally:
         proxy.unstall()
+        connection.close()
+
+
+def test_short_reads_are_completed_by_asking_for_the_rest(
+    sshd: Sshd, proxy: CountingProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sshd answers at most 255 KiB per read: asked for 400 KiB, every reply is short and the rest is asked for."""
+    monkeypatch.setattr(sftp_stream, "PIECE", 400 * 1024)
+    rng = random.Random(255)
+    files = {size: rng.randbytes(size) for size in (1, 255 * 1024 + 1, 400 * 1024, 400 * 1024 + 1, 3 * 1024 * 1024 + 7)}
+    for size, data in files.items():
+        (tmp_path / f"s{size}.bin").write_bytes(data)
+    connection = connect(sshd, proxy)
+    runner = Runner()
+    try:
+        for size in files:
+            address = url(proxy, tmp_path / f"s{size}.bin")
+            runner.start(f"s{size}", functools.partial(read_all, connection.lane(), address))
+        runner.join()
+        assert runner.outcome == {f"s{size}": data for size, data in files.items()}
+        wait_until(lambda: connection.session.budget_in_use == 0, "every piece's budget back")
+    finally:
         connection.close()
 
 
