@@ -19,7 +19,7 @@ files have asked for and not yet taken. Read-ahead is lent from one budget
 per session, :data:`READ_BUDGET` (32 MiB), shared by every file in flight;
 a file may always keep one piece (255 KiB) in flight beyond it, and keeps at
 most one piece it is handing out in slices, so a session holds at most
-``READ_BUDGET + 2 x 255 KiB x files in flight`` of file data (33.9 MiB with
+``READ_BUDGET + 2 x 255 KiB x files in flight`` of file data (about 34 MiB with
 4 files). The SSH channel window (:data:`CHANNEL_WINDOW`) is larger than
 anything a session can ask for, so the window never limits a distant
 provider; it holds no memory of its own beyond the replies asked for.
