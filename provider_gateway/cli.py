@@ -6,12 +6,13 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 import click
 import yaml
 
-from provider_gateway import __version__
+from provider_gateway import __version__, errors
 from provider_gateway.aws import AwsClients
 from provider_gateway.config import Config, load_config, masked, unresolved_resources
 from provider_gateway.errors import ConfigError
@@ -165,6 +166,19 @@ def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) 
     return int(value)
 
 
+# What a bare code does not say: click's usage errors share InvalidRequest's status; SIGTERM ends in GatewayShutdown.
+_EXIT_NOTES = {errors.InvalidRequest.code: "bad usage or {}", errors.GatewayShutdown.code: "{} (SIGTERM)"}
+
+
+def _exit_statuses(command: Callable[..., None]) -> Callable[..., None]:
+    """Fill ``{exit_statuses}`` in the command's help with the statuses the error classes give."""
+    named = sorted((e.exit_status, e.code) for e in errors.error_classes() if e.exit_status != errors.EXIT_OTHER)
+    listed = [f"{status} {_EXIT_NOTES.get(code, '{}').format(code)}" for status, code in named]
+    statuses = ", ".join(["0 success", *listed, f"{errors.EXIT_OTHER} anything else"])
+    command.__doc__ = (command.__doc__ or "").replace("{exit_statuses}", statuses)
+    return command
+
+
 @main.command()
 @click.argument("source_url")
 @click.argument("target")
@@ -204,6 +218,7 @@ def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal)."
 )
+@_exit_statuses
 def download(
     source_url: str,
     target: str,
@@ -219,12 +234,9 @@ def download(
 ) -> None:
     """Copy one file from SOURCE_URL to TARGET (s3://BUCKET/KEY), without Step Functions.
 
-    Prints one JSON line with the result on stdout. Exit status: 0 success,
-    2 bad usage or InvalidRequest, 3 SourceNotFound, 4 SourceAccessDenied,
-    5 SourceUnavailable, 6 IntegrityError, 7 TargetWriteFailed,
-    8 GatewayShutdown (SIGTERM), 1 anything else. A TARGET key ending in /
-    gets the file name of the URL. ftp and sftp URL paths are absolute from
-    the server's root (sftp://user@host/home/user/f.h5).
+    Prints one JSON line with the result on stdout. Exit status: {exit_statuses}.
+    A TARGET key ending in / gets the file name of the URL. ftp and sftp URL
+    paths are absolute from the server's root (sftp://user@host/home/user/f.h5).
     """
     from provider_gateway.download_command import run_download
 

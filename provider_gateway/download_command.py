@@ -16,7 +16,7 @@ from tqdm import tqdm
 from provider_gateway import one_file
 from provider_gateway.aws import AwsClients
 from provider_gateway.config import Config
-from provider_gateway.errors import GatewayError
+from provider_gateway.errors import GatewayError, exit_status
 from provider_gateway.messages import FileRequest
 from provider_gateway.urls import redact_url
 
@@ -77,7 +77,7 @@ def run_download(
     result = outcome.result
     if not result.success:
         click.echo(f"error: {result.error_code}: {result.error}", err=True)
-    return one_file.exit_status(result.error_code)
+    return exit_status(result.error_code)
 
 
 def _refused(source_url: str, target: str, exc: GatewayError) -> int:
@@ -85,7 +85,7 @@ def _refused(source_url: str, target: str, exc: GatewayError) -> int:
     line.update(error_code=exc.code, error=exc.message)
     click.echo(json.dumps(line))
     click.echo(f"error: {exc.code}: {exc.message}", err=True)
-    return one_file.exit_status(exc.code)
+    return exit_status(exc.code)
 
 
 def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from provider_gateway import json_input
-from provider_gateway.errors import InvalidRequest
+from provider_gateway.errors import GatewayError, InvalidRequest
 from provider_gateway.urls import redact_url, url_path
 
 CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
@@ -76,6 +76,11 @@ class FileResult:
     error_code: str | None = None
     error: str | None = None
     checksum: Checksum | None = None
+
+    @classmethod
+    def failed(cls, error: GatewayError) -> FileResult:
+        """The result of a file that failed with ``error``: its code and message."""
+        return cls(False, error_code=error.code, error=error.message)
 
 
 @dataclass(frozen=True)

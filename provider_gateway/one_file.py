@@ -39,26 +39,6 @@ log = logging.getLogger(__name__)
 
 CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
 
-# Exit statuses of the download command, one per contract error code, so that an AWS Batch
-# retryStrategy (evaluateOnExit.onExitCode) can retry exactly the transient ones.
-EXIT_STATUS: dict[str, int] = {
-    "InvalidRequest": 2,
-    "SourceNotFound": 3,
-    "SourceAccessDenied": 4,
-    "SourceUnavailable": 5,
-    "IntegrityError": 6,
-    "TargetWriteFailed": 7,
-    "GatewayShutdown": 8,
-}
-EXIT_OTHER = 1
-
-
-def exit_status(error_code: str | None) -> int:
-    """The exit status of a download that ended with ``error_code`` (0 for success)."""
-    if error_code is None:
-        return 0
-    return EXIT_STATUS.get(error_code, EXIT_OTHER)
-
 
 @dataclass(frozen=True)
 class Source:
