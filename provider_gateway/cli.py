@@ -17,6 +17,7 @@ from provider_gateway.aws import AwsClients
 from provider_gateway.config import Config, load_config, masked, unresolved_resources
 from provider_gateway.errors import ConfigError
 from provider_gateway.logs import setup_logging
+from provider_gateway.messages import CHECKSUM_ALGORITHMS
 
 log = logging.getLogger("provider_gateway")
 
@@ -201,7 +202,9 @@ def _exit_statuses(command: Callable[..., None]) -> Callable[..., None]:
     callback=_blank_is_none,
 )
 @click.option(
-    "--checksum", help="Verify the file against ALGO:HEX (md5, sha1, sha256, sha512).", callback=_blank_is_none
+    "--checksum",
+    help=f"Verify the file against ALGO:HEX ({', '.join(CHECKSUM_ALGORITHMS)}).",
+    callback=_blank_is_none,
 )
 @click.option("--size", callback=_size_option, help="Expected size in bytes; a different size fails.")
 @click.option("--known-hosts", callback=_blank_is_none, help="known_hosts file for an sftp URL without --config.")

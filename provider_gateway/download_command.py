@@ -17,7 +17,7 @@ from provider_gateway import one_file
 from provider_gateway.aws import AwsClients
 from provider_gateway.config import Config
 from provider_gateway.errors import GatewayError, exit_status
-from provider_gateway.messages import FileRequest
+from provider_gateway.messages import Checksum, FileRequest
 from provider_gateway.urls import redact_url
 
 
@@ -50,7 +50,7 @@ def run_download(
             key,
             version=version,
             size=size,
-            checksum=one_file.parse_checksum(checksum) if checksum else None,
+            checksum=Checksum.from_text(checksum) if checksum else None,
         )
     except GatewayError as exc:
         return _refused(source_url, target, exc)

@@ -37,8 +37,6 @@ from provider_gateway.urls import parse_url, redact_url, url_path
 
 log = logging.getLogger(__name__)
 
-CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
-
 
 @dataclass(frozen=True)
 class Source:
@@ -196,16 +194,6 @@ def s3_target(target: str, url: str) -> tuple[str, str]:
             raise InvalidRequest(f"{redact_url(url)} names no file, so the target needs a full key")
         key += name
     return parts.netloc, key
-
-
-def parse_checksum(text: str) -> Checksum:
-    """``ALGO:HEX`` (as ``--checksum`` takes it) as a Checksum."""
-    algorithm, _, value = text.partition(":")
-    algorithm = algorithm.strip().lower()
-    value = value.strip().lower()
-    if algorithm not in CHECKSUM_ALGORITHMS or not value or any(c not in "0123456789abcdef" for c in value):
-        raise InvalidRequest(f"checksum {text!r} is not ALGO:HEX with ALGO one of {', '.join(CHECKSUM_ALGORITHMS)}")
-    return Checksum(algorithm, value)
 
 
 def file_request(
