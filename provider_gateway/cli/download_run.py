@@ -1,4 +1,7 @@
-"""``provider-gateway download``: one file into S3, a JSON line, an exit status per error code."""
+"""Running ``provider-gateway download``: one file into S3, a JSON line, an exit status per error code.
+
+Imported only when the command runs, so that the other commands start without the transfer code.
+"""
 
 from __future__ import annotations
 
