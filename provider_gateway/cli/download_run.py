@@ -20,7 +20,7 @@ from provider_gateway import one_file
 from provider_gateway.aws import AwsClients
 from provider_gateway.config import Config
 from provider_gateway.errors import GatewayError, exit_status
-from provider_gateway.messages import Checksum, FileRequest
+from provider_gateway.messages import Checksum, FileRequest, FileResult, result_fields
 from provider_gateway.urls import redact_url
 
 
@@ -75,20 +75,20 @@ def run_download(
             bar.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    line = one_file.result_line(request, outcome)
-    click.echo(json.dumps(line))
-    result = outcome.result
-    if not result.success:
-        click.echo(f"error: {result.error_code}: {result.error}", err=True)
-    return exit_status(result.error_code)
+    return _report(one_file.result_line(request, outcome), outcome.result)
 
 
 def _refused(source_url: str, target: str, exc: GatewayError) -> int:
-    line = {"source": redact_url(source_url), "target": target, "success": False, "bytes": 0}
-    line.update(error_code=exc.code, error=exc.message)
+    result = FileResult.failed(exc)
+    return _report({"source": redact_url(source_url), "target": target, **result_fields(result)}, result)
+
+
+def _report(line: dict[str, Any], result: FileResult) -> int:
+    """Print the JSON line (and a failure's code and message on stderr); return the exit status."""
     click.echo(json.dumps(line))
-    click.echo(f"error: {exc.code}: {exc.message}", err=True)
-    return exit_status(exc.code)
+    if not result.success:
+        click.echo(f"error: {result.error_code}: {result.error}", err=True)
+    return exit_status(result.error_code)
 
 
 def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
