@@ -37,28 +37,6 @@ from provider_gateway.urls import parse_url, redact_url, url_path
 
 log = logging.getLogger(__name__)
 
-CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
-
-# Exit statuses of the download command, one per contract error code, so that an AWS Batch
-# retryStrategy (evaluateOnExit.onExitCode) can retry exactly the transient ones.
-EXIT_STATUS: dict[str, int] = {
-    "InvalidRequest": 2,
-    "SourceNotFound": 3,
-    "SourceAccessDenied": 4,
-    "SourceUnavailable": 5,
-    "IntegrityError": 6,
-    "TargetWriteFailed": 7,
-    "GatewayShutdown": 8,
-}
-EXIT_OTHER = 1
-
-
-def exit_status(error_code: str | None) -> int:
-    """The exit status of a download that ended with ``error_code`` (0 for success)."""
-    if error_code is None:
-        return 0
-    return EXIT_STATUS.get(error_code, EXIT_OTHER)
-
 
 @dataclass(frozen=True)
 class Source:
@@ -216,16 +194,6 @@ def s3_target(target: str, url: str) -> tuple[str, str]:
             raise InvalidRequest(f"{redact_url(url)} names no file, so the target needs a full key")
         key += name
     return parts.netloc, key
-
-
-def parse_checksum(text: str) -> Checksum:
-    """``ALGO:HEX`` (as ``--checksum`` takes it) as a Checksum."""
-    algorithm, _, value = text.partition(":")
-    algorithm = algorithm.strip().lower()
-    value = value.strip().lower()
-    if algorithm not in CHECKSUM_ALGORITHMS or not value or any(c not in "0123456789abcdef" for c in value):
-        raise InvalidRequest(f"checksum {text!r} is not ALGO:HEX with ALGO one of {', '.join(CHECKSUM_ALGORITHMS)}")
-    return Checksum(algorithm, value)
 
 
 def file_request(

@@ -219,7 +219,7 @@ class ProviderRuntime:
         for run in runs:
             run.cancel(reason)
         for job in self.queue.drain():
-            job.run.file_done(job.request, FileResult(False, error_code=reason.code, error=reason.message))
+            job.run.file_done(job.request, FileResult.failed(reason))
 
     def give_up_all(self, reason: GatewayError) -> list[TaskRun]:
         """Answer every task still in flight with ``reason`` without waiting for its transfers; returns them."""

@@ -60,11 +60,11 @@ def settle(outcome: CopyOutcome) -> FileResult:
     try:
         outcome.pending.result()
     except GatewayError as exc:
-        return FileResult(success=False, error_code=exc.code, error=exc.message)
+        return FileResult.failed(exc)
     except Exception as exc:  # a bug in the upload must fail the file, not leave it unanswered
         log.exception("unexpected failure writing a small file")
         error = InternalError(f"{type(exc).__name__}: {exc}")
-        return FileResult(success=False, error_code=error.code, error=error.message)
+        return FileResult.failed(error)
     return outcome.result
 
 
@@ -100,14 +100,14 @@ def copy_file(
         reason = cancelled()
         # A cancel's reason wins over what the aborted connection raised (but not over a final answer).
         error = reason if reason is not None and exc.retryable else exc
-        result = FileResult(success=False, error_code=error.code, error=error.message)
+        result = FileResult.failed(error)
     except Exception as exc:
         error = cancelled() or InternalError(f"{type(exc).__name__}: {exc}")
         if not isinstance(error, InternalError):  # a library's error from the connection it was aborted in
             log.debug("copy of a cancelled task's file ended with %r", exc)
         else:  # a bug must fail one file, not the connection thread
             log.exception("unexpected failure copying %s", redact_url(request.url))
-        result = FileResult(success=False, error_code=error.code, error=error.message)
+        result = FileResult.failed(error)
     return CopyOutcome(result=result, seconds=time.monotonic() - started, pending=copier.pending)
 
 
