@@ -12,9 +12,12 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from botocore.config import Config as BotoConfig
 
 from provider_gateway.config import GatewayConfig, HttpConnConfig, load_config, masked, parse_config
+from provider_gateway.config.loader import cloudformation_resolver
 from provider_gateway.config.model import LeaseConfig, field_default
 from provider_gateway.errors import ConfigError
 from provider_gateway.local.http_server import FileHTTPServer
@@ -242,6 +245,25 @@ providers:
     assert physical[f"{stack_name}HttpProvSyncActivity"] in ok.stdout
     assert failed.returncode == 2
     assert "Nope" in failed.stderr and stack_name in failed.stderr
+
+
+def test_a_resource_cloudformation_does_not_know_is_missing_and_an_unreachable_stack_is_not(
+    cloudformation: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STACK_NAME", unique("nostack").replace("-", ""))
+    unreachable = boto3.client(
+        "cloudformation",
+        endpoint_url="http://127.0.0.1:9",
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=BotoConfig(retries={"max_attempts": 1}, connect_timeout=2),
+    )
+
+    with pytest.raises(ConfigError, match="no resource Nope or nostack"):
+        cloudformation_resolver(lambda: cloudformation)("Nope")
+    with pytest.raises(ConfigError, match="cannot query stack nostack"):
+        cloudformation_resolver(lambda: unreachable)("Nope")
 
 
 def test_config_from_s3(tmp_path: Path, s3: Any, bucket: str, aws_env: dict[str, str]) -> None:
