@@ -34,7 +34,7 @@ from provider_gateway.errors import (
     SourceUnavailable,
 )
 from provider_gateway.protocols.base import ConnectionSettings
-from provider_gateway.protocols.spec import ProtocolSpec, UrlSettings, given
+from provider_gateway.protocols.spec import ProtocolSpec, UrlSettings, present
 from provider_gateway.urls import url_path
 
 # Checked with NOOP before reuse after this long without traffic.
@@ -289,7 +289,7 @@ def _from_url(url: UrlSettings) -> FtpConnConfig:
         type=url.type,  # type: ignore[arg-type]
         host=url.host,
         password=url.password,
-        **given(port=url.port, username=url.username, ca_bundle=url.ca_bundle),
+        **present(port=url.port, username=url.username, ca_bundle=url.ca_bundle),
     )
 
 

@@ -32,7 +32,7 @@ from provider_gateway.config.fields import Fields
 from provider_gateway.config.model import GridftpConnConfig
 from provider_gateway.errors import ConfigError, GatewayError, SourceAccessDenied, SourceNotFound, SourceUnavailable
 from provider_gateway.protocols.base import ConnectionSettings
-from provider_gateway.protocols.spec import ProtocolSpec, UrlSettings, given, read_fields
+from provider_gateway.protocols.spec import ProtocolSpec, UrlSettings, present, read_fields
 
 PROGRAM = "globus-url-copy"
 PIPE_SIZE = 1 << 20  # fewer, larger reads than the default 64 KiB pipe
@@ -249,7 +249,7 @@ def _read_config(fields: Fields, kind: str) -> GridftpConnConfig:
 
 def _from_url(url: UrlSettings) -> GridftpConnConfig:
     # The X.509 credential comes from the standard X509_* variables, as for globus-url-copy itself.
-    return GridftpConnConfig(type="gridftp", host=url.host, username=url.username, **given(port=url.port))
+    return GridftpConnConfig(type="gridftp", host=url.host, username=url.username, **present(port=url.port))
 
 
 SPEC = ProtocolSpec(

@@ -34,7 +34,7 @@ from provider_gateway.errors import (
 )
 from provider_gateway.protocols import ssh_identities
 from provider_gateway.protocols.base import ConnectionSettings
-from provider_gateway.protocols.spec import ProtocolSpec, UrlSettings, given, read_fields
+from provider_gateway.protocols.spec import ProtocolSpec, UrlSettings, present, read_fields
 from provider_gateway.urls import url_path
 
 # One SFTP read request per piece, of OpenSSH's largest read (255 KiB): paramiko's 32 KiB
@@ -314,7 +314,7 @@ def _from_url(url: UrlSettings) -> SftpConnConfig:
         password=url.password,
         private_key_file=url.identity_file,
         known_hosts_file=known_hosts,
-        **given(port=url.port),
+        **present(port=url.port),
     )
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from provider_gateway.config.fields import Fields, host_name
 from provider_gateway.config.model import ConnConfig, ConnectionSettings
 from provider_gateway.protocols.base import Connection
 from provider_gateway.urls import DEFAULT_PORTS
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 ConnectionFactory = Callable[[Any, ConnectionSettings], Connection]
 """Opens a connection from a provider's ``conn_config`` and settings (a protocol's Connection class)."""
@@ -17,7 +21,7 @@ ConnectionFactory = Callable[[Any, ConnectionSettings], Connection]
 ConfigReader = Callable[[Fields, str], ConnConfig]
 """Reads a ``conn_config`` mapping of the given type; ConfigError naming the key if it is wrong."""
 
-C = TypeVar("C")
+C = TypeVar("C", bound="DataclassInstance")
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,10 @@ def read_fields(fields: Fields, config_class: type[C], kind: str, **given: Any) 
 
     ``host`` is a host name; it may carry a ``:port`` only in a config without a ``port`` field.
     """
-    allow_port = "port" not in config_class.__dataclass_fields__  # type: ignore[attr-defined]
-    built: C = fields.build(config_class, checks={"host": host_name(allow_port)}, type=kind, **given)  # type: ignore[type-var]
-    return built
+    allow_port = all(f.name != "port" for f in dataclasses.fields(config_class))
+    return fields.build(config_class, checks={"host": host_name(allow_port)}, type=kind, **given)
 
 
-def given(**values: Any) -> dict[str, Any]:
+def present(**values: Any) -> dict[str, Any]:
     """The ``values`` that are not None: left out, a config field keeps its dataclass default."""
     return {key: value for key, value in values.items() if value is not None}
