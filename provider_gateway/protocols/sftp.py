@@ -16,13 +16,20 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 
 import paramiko
 from paramiko.ssh_exception import IncompatiblePeer
 
 from provider_gateway import ssh_known_hosts
+from provider_gateway.config.fields import Fields
 from provider_gateway.config.model import SftpConnConfig
-from provider_gateway.errors import GatewayError, SourceAccessDenied
+from provider_gateway.errors import (
+    ConfigError,
+    GatewayError,
+    InvalidRequest,
+    SourceAccessDenied,
+)
 from provider_gateway.protocols import ssh_identities
 from provider_gateway.protocols.base import ConnectionSettings
 from provider_gateway.protocols.sftp_session import (
@@ -34,6 +41,7 @@ from provider_gateway.protocols.sftp_session import (
     translate,
 )
 from provider_gateway.protocols.sftp_stream import SftpStream
+from provider_gateway.protocols.spec import ProtocolSpec, UrlSettings, present, read_fields
 from provider_gateway.urls import url_path
 
 # Fastest first (aes128-gcm measured fastest here); paramiko keeps only what both sides offer.
@@ -226,3 +234,47 @@ def parse_host_key(text: str) -> paramiko.PKey:
         return ssh_known_hosts.decode_setting(text)
     except ssh_known_hosts.HostKeyError as exc:
         raise SourceAccessDenied(f"host_key: {exc}") from exc
+
+
+def _read_config(fields: Fields, kind: str) -> SftpConnConfig:
+    conn = read_fields(fields, SftpConnConfig, kind)
+    if not conn.password and not conn.private_key_file:
+        raise ConfigError(f"{fields.key_path('password')}: sftp needs password or private_key_file")
+    if not (conn.known_hosts_file or conn.host_key or conn.insecure_skip_host_key_check):
+        raise ConfigError(
+            f"{fields.key_path('known_hosts_file')}: sftp needs known_hosts_file or host_key "
+            "(or insecure_skip_host_key_check: true)"
+        )
+    problem = None
+    if not conn.insecure_skip_host_key_check:
+        problem = ssh_known_hosts.settings_problem(conn.known_hosts_file, conn.host_key, conn.host, conn.port)
+    if problem:
+        raise ConfigError(f"{fields.key_path(problem[0])}: {problem[1]}")
+    return conn
+
+
+def _from_url(url: UrlSettings) -> SftpConnConfig:
+    if not url.username:
+        raise InvalidRequest("an sftp URL needs a user name (sftp://user@host/path), or use --config")
+    known_hosts = url.known_hosts_file or str(Path("~/.ssh/known_hosts").expanduser())
+    if not Path(known_hosts).is_file():
+        raise InvalidRequest(f"no known_hosts file at {known_hosts} to check the sftp host key against")
+    return SftpConnConfig(
+        type="sftp",
+        host=url.host,
+        username=url.username,
+        password=url.password,
+        private_key_file=url.identity_file,
+        known_hosts_file=known_hosts,
+        **present(port=url.port),
+    )
+
+
+SPEC = ProtocolSpec(
+    schemes={"sftp": ("sftp",)},
+    url_types={"sftp": "sftp"},
+    config_class=SftpConnConfig,
+    connect=SftpConnection,
+    from_url=_from_url,
+    read_config=_read_config,
+)

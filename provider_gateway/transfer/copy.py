@@ -14,6 +14,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from provider_gateway.config.model import GatewayConfig, field_default
 from provider_gateway.errors import GatewayError, InternalError, ResumeUnsupported
 from provider_gateway.messages import Checksum, FileRequest, FileResult, parse_sidecar
 from provider_gateway.protocols.base import Connection, SourceStream
@@ -28,10 +29,10 @@ SIDECAR_MAX_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class CopyOptions:
-    """How a provider's files are copied."""
+    """How a provider's files are copied (a provider's: :attr:`GatewayConfig.copy_options`)."""
 
-    min_part_size: int = 8 * MiB
-    retries: int = 4
+    min_part_size: int = field_default(GatewayConfig, "part_size_mb") * MiB
+    retries: int = field_default(GatewayConfig, "retries")
     retry_wait_max_s: float = 10.0
 
 
