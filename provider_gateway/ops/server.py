@@ -61,10 +61,10 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._send(200, CONTENT_TYPE_LATEST, generate_latest(gateway.metrics.registry))
         elif path == "/healthz":
-            report = health(gateway, limit)
+            report = health(gateway.snapshot(), limit)
             self._json(200 if report["healthy"] else 503, report)
         elif path == "/status":
-            self._json(200, status(gateway, limit))
+            self._json(200, status(gateway.snapshot(), limit))
         else:
             self._json(404, {"error": "not found: try /metrics, /healthz or /status"})
 
