@@ -16,7 +16,6 @@ import yaml
 from provider_gateway.local.executions import wait_for_execution
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/provider-gateway-tests"
-RETRYABLE = ["SourceUnavailable", "IntegrityError", "GatewayShutdown"]
 
 
 def cli_path() -> str:

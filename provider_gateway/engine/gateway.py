@@ -58,7 +58,6 @@ class Gateway:
         self._restart_delay_s = restart_delay_s
         self._stop_asked = threading.Event()
         self._hard = threading.Event()
-        self.stopped = threading.Event()
 
     def start(self) -> None:
         """Start serving every provider."""
@@ -107,7 +106,6 @@ class Gateway:
         for runtime in self.runtimes:
             runtime.stop_workers(timeout_s=max(1.0, cancel_deadline - time.monotonic()))
         log.info("stopped")
-        self.stopped.set()
 
     def _give_up(self) -> None:
         """Answer the tasks whose transfers did not end when aborted, waiting at most GIVE_UP_WAIT_S."""
