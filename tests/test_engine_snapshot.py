@@ -23,6 +23,7 @@ NOW = 1000.0
 @dataclass
 class FakeThread:
     alive: bool = True
+    ident: int | None = 1  # None until started
 
     def is_alive(self) -> bool:
         return self.alive
@@ -138,6 +139,15 @@ def test_the_snapshot_does_not_follow_the_threads_after_it_is_taken() -> None:
     runtime.workers[1].current = object()
     assert snap.connections[0].file is not None and snap.connections[0].file.bytes == 3_000_000
     assert not snap.connections[1].busy
+
+
+def test_threads_not_started_yet_have_not_died() -> None:
+    runtime = FakeRuntime(
+        workers=[FakeWorker("PROV-conn-1", thread=FakeThread(alive=False, ident=None))],
+        pollers=[FakePoller("PROV-poll-download", thread=FakeThread(alive=False, ident=None))],
+        dead=["PROV-conn-1", "PROV-poll-download"],
+    )
+    assert _snapshot(runtime).dead_threads == ()
 
 
 def test_health_names_the_dead_thread_the_failing_poll_and_the_failing_lease_table() -> None:

@@ -128,6 +128,9 @@ def provider_snapshot(runtime: ProviderRuntime, now: float | None = None) -> Pro
     leases = None
     if slots is not None:
         leases = LeaseState(slots.held(), _since(slots.failing_since, now), slots.last_error)
+    # Threads not started yet (the endpoint serves before the gateway starts) have not died.
+    unstarted = {w.name for w in runtime.workers if w.thread.ident is None}
+    unstarted |= {p.name for p in runtime.pollers if p.thread.ident is None}
     gateway = runtime.provider.gateway
     return ProviderSnapshot(
         id=runtime.provider.id,
@@ -137,6 +140,6 @@ def provider_snapshot(runtime: ProviderRuntime, now: float | None = None) -> Pro
         files_queued=runtime.queue.depth(),
         connections=tuple(connections),
         pollers=pollers,
-        dead_threads=tuple(runtime.dead_threads()),
+        dead_threads=tuple(name for name in runtime.dead_threads() if name not in unstarted),
         leases=leases,
     )
