@@ -164,13 +164,10 @@ class _RecordingHeartbeat:
 def test_the_answer_stops_the_heartbeat_then_tells_on_answered_once() -> None:
     sfn = FakeSfn()
     seen: list[Any] = []
-    responder = Responder(sfn, FakeS3(), "prov", None, sleep=lambda _: None)
-    run = TaskRun(
-        "token-0123456789abcdef",
-        download_task(3),
-        responder,
-        "per_file",
-        label="t",
+    run = _run(
+        sfn,
+        3,
+        mode="per_file",
         on_answered=lambda answered, code, files, failed: seen.append((answered, code, files, failed)),
         heartbeat=_RecordingHeartbeat(seen),  # type: ignore[arg-type]
     )
@@ -191,16 +188,7 @@ def test_a_failing_on_answered_still_stops_the_heartbeat_and_finishes_the_run() 
     def broken(*_: Any) -> None:
         raise RuntimeError("a bug")
 
-    responder = Responder(sfn, FakeS3(), "prov", None, sleep=lambda _: None)
-    run = TaskRun(
-        "token-0123456789abcdef",
-        download_task(1),
-        responder,
-        "task",
-        label="t",
-        on_answered=broken,
-        heartbeat=_RecordingHeartbeat(seen),  # type: ignore[arg-type]
-    )
+    run = _run(sfn, 1, on_answered=broken, heartbeat=_RecordingHeartbeat(seen))  # type: ignore[arg-type]
     run.cancel(GatewayShutdown("stop"))
     run.file_done(run.task.files[0], FileResult(False, error_code="GatewayShutdown", error="stop"))
     assert run.finished.is_set() and seen == ["heartbeat stopped"]
