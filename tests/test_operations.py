@@ -13,8 +13,8 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from provider_gateway.cli.status import render
 from provider_gateway.local.http_server import FileHTTPServer
-from provider_gateway.ops.status_command import render
 from tests import support
 from tests.conftest import GatewayFactory
 from tests.servers import free_port
