@@ -63,9 +63,11 @@ def test_metrics_count_bytes_exactly_and_failures_by_code(
         ok = wait_done(sfn, start(sfn, machine, download_message([(server.url("/a.bin"), bucket, "a.bin")])))
         missing = wait_done(sfn, start(sfn, machine, download_message([(server.url("/nope"), bucket, "n")])))
         assert (ok["status"], missing["status"]) == ("SUCCEEDED", "FAILED")
-        samples = scrape(port)
+        prov = (("provider", "PROV"),)
+        settled = (("provider_gateway_tasks_in_flight", prov), ("provider_gateway_transfer_seconds_count", prov))
+        # The execution ends when Step Functions has the answer, a moment before the gateway counts it answered.
+        samples = wait_until(lambda: (s := scrape(port))[settled[0]] == 0 and s[settled[1]] == 2 and s, what="settled")
 
-    prov = (("provider", "PROV"),)
     assert samples[("provider_gateway_bytes_total", prov)] == len(data)
     copied = (("error_code", ""), ("outcome", "copied"), ("provider", "PROV"))
     failed = (("error_code", "SourceNotFound"), ("outcome", "failed"), ("provider", "PROV"))
