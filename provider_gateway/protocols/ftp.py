@@ -302,9 +302,8 @@ class FtpConnection:
         peer = self._ftp.sock.getpeername()
         if self._passive_verb == "EPSV":
             return ftplib.parse229(reply, peer)
-        host, port = ftplib.parse227(reply)
         # As ftplib: the address in a 227 is not trusted (NAT, or a server that names another host).
-        return (host if self._ftp.trust_server_pasv_ipv4_address else peer[0]), port
+        return peer[0], ftplib.parse227(reply)[1]
 
     def _prefetch_listener(self) -> None:
         """Ask for the next file's passive listener now; its reply is read when that file starts."""
