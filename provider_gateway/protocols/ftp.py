@@ -1,7 +1,17 @@
 """FTP and FTPS (explicit TLS) providers: one logged-in ``ftplib.FTP`` reused for every file.
 
-A file is streamed with ``transfercmd("RETR ...", rest=offset)``. A transfer
-is complete only when the server says so: when the data connection ends, the
+A file costs about two round trips in passive mode (the default), whatever
+the distance: the passive listener it uses was asked for (EPSV; PASV from
+the first time a server refuses EPSV) right after the previous file's closing
+reply, and its own SIZE (only when neither the request nor an earlier 150
+reply gives the size), REST and RETR leave in one write, before its data
+connection is made, so the two cross the link together. A listener held
+longer than ``HOLD_MAX_S`` is not used: its reply is read, and NOOP steps
+past a notice of its expiry. A command is never sent while a transfer runs
+(pyftpdlib, for one, drops the running transfer's data connection on EPSV),
+so the next file's listener cannot be asked for sooner.
+
+A transfer is complete only when the server says so: when the data connection ends, the
 closing reply is read, and only 226 or 250 make :meth:`FtpStream.read`
 return ``b""``. Anything else (426, 451, 522, no reply within the read
 timeout, a closed control connection, a data connection that fails) raises
