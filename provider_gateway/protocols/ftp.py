@@ -341,6 +341,8 @@ class FtpConnection:
                 return
             except ftplib.error_temp:
                 continue
+            except ftplib.error_perm as exc:  # the connection is out of step, not the file refused
+                raise ftplib.error_proto(f"NOOP: {exc}") from exc
         raise ftplib.error_proto("no reply to NOOP after 3 replies of 4xx")
 
     def _size_reply(self) -> int | None:
