@@ -140,3 +140,89 @@ def download_task(count: int, entry: dict[str, Any] | None = None) -> DownloadTa
     entries = tuple(dict(entry) if entry is not None else {"url": f.url} for f in files)
     message = {"payload": {"files": [dict(e) for e in entries]}, "config": {}}
     return DownloadTask(message=message, payload=message["payload"], files=files, entries=entries)
+
+
+class FakeStream:
+    """A source that sends ``data`` at once."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.size: int | None = len(data)
+
+    def read(self, amount: int) -> bytes:
+        piece, self._data = self._data[:amount], self._data[amount:]
+        return piece
+
+    def close(self) -> None:
+        pass
+
+
+class FakeLane:
+    """A lane of a :class:`FakeSharedConnection`: fails once the lane or its connection is aborted or closed."""
+
+    def __init__(self, shared: FakeSharedConnection) -> None:
+        self.shared = shared
+        self.aborted = threading.Event()
+        self.closed = False
+
+    def open(self, url: str, offset: int = 0) -> FakeStream:
+        if self.aborted.is_set() or self.closed or not self.shared.check():
+            raise SourceUnavailable("the lane or its connection is gone")
+        return FakeStream(self.shared.data.get(url, b"data")[offset:])
+
+    def check(self) -> bool:
+        return self.shared.check()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted.set()
+
+
+class FakeSharedConnection:
+    """A connection that carries several files at once through :class:`FakeLane` lanes."""
+
+    def __init__(self, data: dict[str, bytes] | None = None) -> None:
+        self.data = data or {}
+        self.lanes: list[FakeLane] = []
+        self.broken = False
+        self.closed = False
+
+    def lane(self) -> FakeLane:
+        lane = FakeLane(self)
+        self.lanes.append(lane)
+        return lane
+
+    def open(self, url: str, offset: int = 0) -> FakeStream:
+        raise AssertionError("a shared connection is used through its lanes")
+
+    def check(self) -> bool:
+        return not self.broken and not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.broken = True
+
+
+class CountingFactory:
+    """A connection factory that records every connection it made and the most ever open at once."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self.made: list[Any] = []
+        self.peak = 0
+
+    def open_now(self) -> int:
+        """How many connections it made are not closed."""
+        return sum(not c.closed for c in self.made)
+
+    def __call__(self, conn_config: Any, settings: Any) -> Any:
+        with self._lock:
+            connection = self._make()
+            self.made.append(connection)
+            self.peak = max(self.peak, self.open_now())
+            return connection

@@ -58,7 +58,7 @@ def test_failed_polls_back_off_up_to_the_last_step_and_recover() -> None:
     setup.poller.start()
     assert _wait(lambda: len(sfn.calls["get_activity_task"]) >= 7)
     setup.poller.stop()
-    setup.poller.thread.join(5)
+    setup.poller.join(5)
 
     assert setup.waits == [1, 2, 5, 5, 5]
     assert setup.errors == 5
@@ -91,7 +91,7 @@ def test_a_task_that_cannot_start_is_answered_and_polling_goes_on() -> None:
     setup.poller.start()
     assert _wait(lambda: started == ["t-ok"])
     setup.poller.stop()
-    setup.poller.thread.join(5)
+    setup.poller.join(5)
 
     refused = {token: (error.code, error.message) for token, error in setup.refused}
     assert refused["t-invalid"] == ("InvalidRequest", "payload.files: must be a non-empty list of files")
@@ -114,5 +114,5 @@ def test_a_task_arriving_while_stopping_is_answered_gateway_shutdown() -> None:
     sfn.get_activity_task = get_activity_task  # type: ignore[method-assign]
     setup.poller.start()
     assert arrived.wait(5)
-    setup.poller.thread.join(5)
+    setup.poller.join(5)
     assert [(t, e.code) for t, e in setup.refused] == [("t-late", "GatewayShutdown")]

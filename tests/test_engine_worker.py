@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from provider_gateway.config.model import HttpConnConfig
+from provider_gateway.engine.connection_slot import ConnectionSlot
 from provider_gateway.engine.events import Events
 from provider_gateway.engine.heartbeat import Heartbeat
 from provider_gateway.engine.responder import Responder
@@ -27,10 +28,11 @@ class _Provider:
         self.connections: list[FakeConnection] = []
         self.queue: WorkQueue[FileJob] = WorkQueue(1)
         self.responder = Responder(sfn, FakeS3(), "prov", None, sleep=lambda _: None)
+        self.slot = ConnectionSlot(
+            self._factory, HttpConnConfig(type="http", host="provider.test"), ConnectionSettings()
+        )
         self.worker = ConnectionWorker(
-            HttpConnConfig(type="http", host="provider.test"),
-            self._factory,
-            ConnectionSettings(),
+            self.slot,
             self.queue,
             FakeS3(),
             CopyOptions(retries=2, retry_wait_max_s=0.01),

@@ -141,7 +141,7 @@ class Gateway:
             (
                 "provider_gateway_connections_open",
                 "Connections open to the provider.",
-                per_provider(lambda r: sum(w.connected for w in r.workers)),
+                per_provider(lambda r: sum(s.connected for s in r.slots)),
             ),
             (
                 "provider_gateway_connections_busy",

@@ -43,6 +43,11 @@ def connection_factory(conn: ConnConfig) -> ConnectionFactory:
     return factory
 
 
+def files_in_flight(conn: ConnConfig) -> int:
+    """How many files one connection of ``conn`` carries at once (SFTP may interleave several; others 1)."""
+    return max(1, int(getattr(conn, "files_in_flight", 1)))
+
+
 __all__ = [
     "REGISTRY",
     "Connection",
@@ -51,4 +56,5 @@ __all__ = [
     "SourceStream",
     "check_url",
     "connection_factory",
+    "files_in_flight",
 ]
