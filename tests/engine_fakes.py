@@ -35,6 +35,10 @@ class FakeSfn:
         self.tasks: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self.changed = threading.Condition(self._lock)
+        self.poll_gate: threading.Semaphore | None = None
+        """When set, each GetActivityTask waits for a release of it (a long poll under way)."""
+        self.polls_in_flight = 0
+        self.polls_peak = 0
 
     def _call(self, method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -67,7 +71,20 @@ class FakeSfn:
         return self._call("send_task_heartbeat", kwargs)
 
     def get_activity_task(self, **kwargs: Any) -> dict[str, Any]:
-        return self._call("get_activity_task", kwargs)
+        if self.poll_gate is None:
+            return self._call("get_activity_task", kwargs)
+        with self._lock:
+            self.polls_in_flight += 1
+            self.polls_peak = max(self.polls_peak, self.polls_in_flight)
+            self.changed.notify_all()
+        try:
+            if not self.poll_gate.acquire(timeout=10):
+                raise AssertionError("a held poll was never released")
+            return self._call("get_activity_task", kwargs)
+        finally:
+            with self._lock:
+                self.polls_in_flight -= 1
+                self.changed.notify_all()
 
 
 class FakeS3:
@@ -87,7 +104,7 @@ class FakeS3:
 class BlockingStream:
     """A source that sends ``head`` and then blocks (a silent provider) until its connection is aborted."""
 
-    def __init__(self, connection: FakeConnection, head: bytes) -> None:
+    def __init__(self, connection: FakeConnection | FakeLane, head: bytes) -> None:
         self._connection = connection
         self._head = head
         self.size: int | None = None
@@ -131,10 +148,10 @@ class FakeConnection:
         self.aborted.set()
 
 
-def download_task(count: int, entry: dict[str, Any] | None = None) -> DownloadTask:
-    """A parsed download task of ``count`` files (each file's entry is ``entry``, or a plain one)."""
+def download_task(count: int, entry: dict[str, Any] | None = None, name: str = "f") -> DownloadTask:
+    """A parsed download task of ``count`` files ``{name}{i}`` (each file's entry is ``entry``, or a plain one)."""
     files = tuple(
-        FileRequest(index=i, url=f"http://provider.test/f{i}", bucket="bkt", key=f"f{i}", size=10_000)
+        FileRequest(index=i, url=f"http://provider.test/{name}{i}", bucket="bkt", key=f"{name}{i}", size=10_000)
         for i in range(count)
     )
     entries = tuple(dict(entry) if entry is not None else {"url": f.url} for f in files)
@@ -163,12 +180,15 @@ class FakeLane:
     def __init__(self, shared: FakeSharedConnection) -> None:
         self.shared = shared
         self.aborted = threading.Event()
+        self.reading = threading.Event()
         self.closed = False
 
-    def open(self, url: str, offset: int = 0) -> FakeStream:
+    def open(self, url: str, offset: int = 0) -> FakeStream | BlockingStream:
         if self.aborted.is_set() or self.closed or not self.shared.check():
             raise SourceUnavailable("the lane or its connection is gone")
-        return FakeStream(self.shared.data.get(url, b"data")[offset:])
+        if url in self.shared.blocking:
+            return BlockingStream(self, b"x" * 1000)
+        return FakeStream(self.shared.data.get(url, bytes(10_000))[offset:])
 
     def check(self) -> bool:
         return self.shared.check()
@@ -183,8 +203,10 @@ class FakeLane:
 class FakeSharedConnection:
     """A connection that carries several files at once through :class:`FakeLane` lanes."""
 
-    def __init__(self, data: dict[str, bytes] | None = None) -> None:
+    def __init__(self, data: dict[str, bytes] | None = None, blocking: set[str] | None = None) -> None:
         self.data = data or {}
+        self.blocking = blocking or set()
+        """URLs whose reads block after a first piece until their lane is aborted."""
         self.lanes: list[FakeLane] = []
         self.broken = False
         self.closed = False
