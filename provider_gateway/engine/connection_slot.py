@@ -87,7 +87,10 @@ class ConnectionSlot:
         """Close the connection if no lane has been busy for ``idle_release_s``; whether it closed it."""
         if self._idle_release_s is None or self._connection is None:
             return False
-        with self._opening:
+        # A lane opening the connection (maybe waiting for a lease) is not idle: do not wait for it.
+        if not self._opening.acquire(blocking=False):
+            return False
+        try:
             with self._state:
                 idle = self._busy == 0 and self._clock() - self._idle_since >= self._idle_release_s
             if not idle or self._connection is None:
@@ -95,6 +98,8 @@ class ConnectionSlot:
             log.info("connection idle for %.0f s: closing it to free its slot", self._idle_release_s)
             self._close_connection()
             return True
+        finally:
+            self._opening.release()
 
     def _live(self) -> tuple[Connection, int]:
         """The working connection and its generation, replacing a broken one (``_opening`` held)."""
