@@ -1,8 +1,10 @@
-"""A provider's claims with connection leases: only as many as lanes could start now."""
+"""A provider over lanes: claims with leases counted in lanes, polling threads per lane, a dead one replaced."""
 
 from __future__ import annotations
 
 import threading
+
+import pytest
 
 from provider_gateway.config.model import GatewayConfig, HttpConnConfig, ProviderConfig
 from provider_gateway.engine.connection_slot import ConnectionSlot
@@ -60,3 +62,30 @@ def test_without_leases_the_queue_alone_decides_and_each_lane_gets_a_polling_thr
     assert [p.thread_names for p in runtime.pollers] == [
         ["prov-poll-download-1", "prov-poll-download-2", "prov-poll-download-3"]
     ]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_supervise_replaces_a_dead_polling_thread_and_leaves_the_others() -> None:
+    class Killed(BaseException):
+        pass
+
+    runtime = _runtime(2)
+    sfn = runtime._sfn
+    sfn.poll_gate = threading.Semaphore(1)  # the first poll goes through, and dies; the other waits
+    sfn.fail["get_activity_task"] = [Killed()]
+    runtime.start()
+    poller = runtime.pollers[0]
+    assert sfn.wait_for(lambda: len(runtime.dead_threads()) == 1 and sfn.polls_in_flight == 1)
+    [dead] = runtime.dead_threads()
+    alive = [t for t in poller.threads if t.is_alive()]
+
+    runtime.supervise(restart_delay_s=0)
+    assert runtime.dead_threads() == []
+    assert sfn.wait_for(lambda: sfn.polls_in_flight == 2)
+    assert [t for t in poller.threads if t.name != dead] == alive  # the live thread was left alone
+    runtime.stop_polling()
+    for _ in range(2):
+        sfn.poll_gate.release()
+    poller.join(5)
+    runtime.stop_workers(5)
+    assert not any(t.is_alive() for t in poller.threads)
