@@ -52,6 +52,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "lease_s": (10, 600),
     "clock_skew_s": (0, 60),
     "idle_release_s": (1, 3600),
+    "files_in_flight": (1, 32),  # sftp: files at once in one SSH session, each with read-ahead
 }
 """The range of every number in ``gateway_config``, by key: values outside are config errors naming the key."""
 
@@ -255,6 +256,7 @@ def _sftp(f: Fields) -> SftpConnConfig:
         host_key=f.take("host_key", str, None),
         insecure_skip_host_key_check=f.take("insecure_skip_host_key_check", bool, False),
         timeout_s=f.take("timeout_s", float, 30.0, at_least(1)),
+        files_in_flight=f.take("files_in_flight", int, SftpConnConfig.files_in_flight),
     )
     if not conn.password and not conn.private_key_file:
         raise ConfigError(f"{f.key_path('password')}: sftp needs password or private_key_file")

@@ -70,6 +70,7 @@ class SftpConnConfig:
     host_key: str | None = None
     insecure_skip_host_key_check: bool = False
     timeout_s: float = 30.0
+    files_in_flight: int = 4  # files read at once over each connection's one SSH session (docs/performance.md)
 
 
 @dataclass(frozen=True)
