@@ -104,11 +104,13 @@ class ConnectionSlot:
     def _live(self) -> tuple[Connection, int]:
         """The working connection and its generation, replacing a broken one (``_opening`` held)."""
         if self._connection is not None and not self._connection.check():
+            log.debug("the connection is broken: closing it before another opens")
             self._close_connection()
         if self._connection is None:
             # The old connection is closed before a new one opens: never more than one.
             self._connection = self._factory(self._conn_config, self._settings)
             self._generation += 1
+            log.debug("connection %d opened", self._generation)
         return self._connection, self._generation
 
     def _require(self) -> Connection:
@@ -120,6 +122,7 @@ class ConnectionSlot:
         connection, self._connection = self._connection, None
         if connection is not None:
             _close(connection)
+            log.debug("connection %d closed", self._generation)
 
     def _begin(self) -> None:
         with self._state:
