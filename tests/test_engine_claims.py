@@ -89,3 +89,8 @@ def test_supervise_replaces_a_dead_polling_thread_and_leaves_the_others() -> Non
     poller.join(5)
     runtime.stop_workers(5)
     assert not any(t.is_alive() for t in poller.threads)
+
+
+def test_threads_not_started_yet_have_not_died() -> None:
+    runtime = _runtime(2)  # the ops server may answer before the runtime starts
+    assert runtime.dead_threads() == []

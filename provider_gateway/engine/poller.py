@@ -96,10 +96,10 @@ class ActivityPoller:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def dead_threads(self) -> list[str]:
-        """Names of polling threads that died (none once stopping)."""
+        """Names of polling threads that died (none once stopping; one not started yet has not died)."""
         if self.stopping.is_set():
             return []
-        return [name for name, thread in self._threads.items() if not thread.is_alive()]
+        return [name for name, thread in self._threads.items() if _died(thread)]
 
     def restart(self, name: str) -> None:
         """Replace the dead polling thread ``name`` with a new one."""
@@ -158,3 +158,8 @@ class ActivityPoller:
             log.exception("starting a claimed task failed")
             self._refuse(token, InternalError(f"the task could not be started: {type(exc).__name__}: {exc}"[:1000]))
         return []
+
+
+def _died(thread: threading.Thread) -> bool:
+    """Whether ``thread`` was started and has ended."""
+    return thread.ident is not None and not thread.is_alive()

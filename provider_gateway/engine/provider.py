@@ -286,7 +286,9 @@ class ProviderRuntime:
 
     def dead_threads(self) -> list[str]:
         """Names of connection and poller threads that have died (stopped ones do not count)."""
-        dead = [w.name for w in self.workers if not w.thread.is_alive() and not w.stopping.is_set()]
+        # A thread not started yet (the ops server answers while the gateway starts) has not died.
+        ended = [w for w in self.workers if w.thread.ident is not None and not w.thread.is_alive()]
+        dead = [w.name for w in ended if not w.stopping.is_set()]
         dead += [name for p in self.pollers for name in p.dead_threads()]
         return dead
 
