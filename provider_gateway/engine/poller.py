@@ -99,7 +99,7 @@ class ActivityPoller:
         """Names of polling threads that died (none once stopping; one not started yet has not died)."""
         if self.stopping.is_set():
             return []
-        return [name for name, thread in self._threads.items() if _died(thread)]
+        return [name for name, thread in self._threads.items() if thread_died(thread)]
 
     def restart(self, name: str) -> None:
         """Replace the dead polling thread ``name`` with a new one."""
@@ -160,6 +160,6 @@ class ActivityPoller:
         return []
 
 
-def _died(thread: threading.Thread) -> bool:
+def thread_died(thread: threading.Thread) -> bool:
     """Whether ``thread`` was started and has ended."""
     return thread.ident is not None and not thread.is_alive()

@@ -15,7 +15,7 @@ from provider_gateway.config.model import ProviderConfig
 from provider_gateway.engine.connection_slot import ConnectionSlot
 from provider_gateway.engine.events import Events
 from provider_gateway.engine.heartbeat import Heartbeat
-from provider_gateway.engine.poller import NOT_READY_WAIT_S, ActivityPoller
+from provider_gateway.engine.poller import NOT_READY_WAIT_S, ActivityPoller, thread_died
 from provider_gateway.engine.responder import Responder
 from provider_gateway.engine.task_run import FileJob, TaskRun
 from provider_gateway.engine.work_queue import WorkQueue
@@ -287,8 +287,7 @@ class ProviderRuntime:
     def dead_threads(self) -> list[str]:
         """Names of connection and poller threads that have died (stopped ones do not count)."""
         # A thread not started yet (the ops server answers while the gateway starts) has not died.
-        ended = [w for w in self.workers if w.thread.ident is not None and not w.thread.is_alive()]
-        dead = [w.name for w in ended if not w.stopping.is_set()]
+        dead = [w.name for w in self.workers if thread_died(w.thread) and not w.stopping.is_set()]
         dead += [name for p in self.pollers for name in p.dead_threads()]
         return dead
 
