@@ -12,6 +12,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from provider_gateway.engine.events import FileProgress
+from provider_gateway.engine.poller import thread_died
 from provider_gateway.engine.snapshot import GatewaySnapshot, ProviderSnapshot, provider_snapshot
 from provider_gateway.engine.work_queue import WorkQueue
 from provider_gateway.ops.health import health, status
@@ -45,6 +46,10 @@ class FakePoller:
     failing_since: float | None = None
     thread: FakeThread = field(default_factory=FakeThread)
 
+    @property
+    def threads(self) -> list[SimpleNamespace]:
+        return [SimpleNamespace(name=self.name, is_alive=self.thread.is_alive)]
+
 
 @dataclass
 class FakeLeases:
@@ -74,6 +79,10 @@ class FakeRuntime:
         self.queue: WorkQueue[int] = WorkQueue(len(self.workers))
         self.queue.reserve(threading.Event())
         self.queue.fulfil(range(self.queued))
+
+    @property
+    def slots(self) -> list[SimpleNamespace]:
+        return [SimpleNamespace(connected=w.connected) for w in self.workers]
 
     def in_flight(self) -> int:
         return self.tasks
@@ -142,12 +151,11 @@ def test_the_snapshot_does_not_follow_the_threads_after_it_is_taken() -> None:
 
 
 def test_threads_not_started_yet_have_not_died() -> None:
-    runtime = FakeRuntime(
-        workers=[FakeWorker("PROV-conn-1", thread=FakeThread(alive=False, ident=None))],
-        pollers=[FakePoller("PROV-poll-download", thread=FakeThread(alive=False, ident=None))],
-        dead=["PROV-conn-1", "PROV-poll-download"],
-    )
-    assert _snapshot(runtime).dead_threads == ()
+    finished = threading.Thread(target=lambda: None)
+    finished.start()
+    finished.join()
+    assert not thread_died(threading.Thread(target=lambda: None))  # the endpoint serves before threads start
+    assert thread_died(finished)
 
 
 def test_health_names_the_dead_thread_the_failing_poll_and_the_failing_lease_table() -> None:
