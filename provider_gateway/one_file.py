@@ -8,7 +8,6 @@ or, for a plain URL, from the URL itself.
 
 from __future__ import annotations
 
-import logging
 import posixpath
 import threading
 from collections.abc import Callable
@@ -18,12 +17,12 @@ from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from provider_gateway.config.model import Config, ConnConfig, GatewayConfig, ProviderConfig
+from provider_gateway.engine.connection_slot import ConnectionSlot
 from provider_gateway.errors import GatewayError, GatewayShutdown, InvalidRequest
 from provider_gateway.messages import Checksum, FileRequest, FileResult, result_fields
 from provider_gateway.protocols import (
     REGISTRY,
     URL_TYPES,
-    Connection,
     ConnectionSettings,
     UrlSettings,
     check_url,
@@ -32,8 +31,6 @@ from provider_gateway.protocols import (
 from provider_gateway.transfer.copy import CopyOptions, CopyOutcome, copy_file
 from provider_gateway.transfer.stream import ProgressCallback, TransferStream
 from provider_gateway.urls import parse_url, redact_url, url_path
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -190,31 +187,13 @@ def download(
     Setting ``stop`` cancels the copy: the upload is aborted and the result
     carries ``stop_reason()``'s code.
     """
-    holder: list[Connection] = []
-    factory = connection_factory(source.conn)
-
-    def connection() -> Connection:
-        if holder and not holder[0].check():
-            _close(holder.pop())
-        if not holder:
-            holder.append(factory(source.conn, source.settings))
-        return holder[0]
+    slot = ConnectionSlot(connection_factory(source.conn), source.conn, source.settings)
 
     def cancelled() -> GatewayError | None:
         return stop_reason() if stop.is_set() else None
 
-    try:
-        return copy_file(connection, request, s3, source.options, stop, cancelled, progress, on_size)
-    finally:
-        if holder:
-            _close(holder.pop())
-
-
-def _close(connection: Connection) -> None:
-    try:
-        connection.close()
-    except Exception:  # a connection that fails to close is gone either way
-        log.debug("closing the connection failed", exc_info=True)
+    with slot.lane() as lane:  # the lane's close closes the connection
+        return copy_file(lane.connect, request, s3, source.options, stop, cancelled, progress, on_size)
 
 
 def result_line(request: FileRequest, outcome: CopyOutcome) -> dict[str, Any]:
@@ -238,15 +217,12 @@ def fetch(source: Source, max_bytes: int) -> bytes:
 
     More than ``max_bytes`` is an InvalidRequest: this is not the way to copy data.
     """
-    connection = connection_factory(source.conn)(source.conn, source.settings)
-    try:
-        stream = connection.open(source.url, 0)
+    with ConnectionSlot(connection_factory(source.conn), source.conn, source.settings).lane() as lane:
+        stream = lane.connect().open(source.url, 0)
         try:
             data = TransferStream(stream, None, None, lambda: None).read(max_bytes + 1)
         finally:
             stream.close()
-    finally:
-        _close(connection)
     if len(data) > max_bytes:
         raise InvalidRequest(f"{redact_url(source.url)} is over {max_bytes} bytes")
     return data
