@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackPoolManager
+from moto.stepfunctions.parser.backend.activity import ActivityTask
 
 from provider_gateway.local import moto_activities
 from tests.support import create_activity, create_state_machine, start, wait_done
@@ -106,3 +108,23 @@ def test_install_refuses_an_unchecked_moto_version(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(moto_activities.moto, "__version__", "9.9.9")
     with pytest.raises(RuntimeError, match=r"supports moto 5\.2\.5, found 9\.9\.9"):
         moto_activities.install()
+
+
+def test_a_task_is_queued_only_once_its_endpoint_exists() -> None:
+    """A GetActivityTask waiting when the task is queued finds its endpoint, so it never drops the task."""
+    moto_activities.install()
+    endpoint_known: list[bool] = []
+
+    class Watching(moto_activities.LongPollActivity):
+        def add_task(self, task: ActivityTask) -> None:
+            endpoint_known.append(pool.get(task.task_token) is not None)  # what a woken poll would look up
+            super().add_task(task)
+
+    activity = Watching(arn="arn:aws:states:us-east-1:123456789012:activity:watched", name="watched")
+    pool = CallbackPoolManager({activity.arn: activity})
+    endpoint = pool.add_activity_task("token-1", activity.arn, "{}")
+
+    task = activity.wait_task(0)
+    assert endpoint_known == [True]
+    assert task is not None and task.task_token == "token-1"
+    assert pool.get("token-1") is endpoint

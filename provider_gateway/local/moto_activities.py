@@ -23,12 +23,13 @@ from moto.core.config import default_user_config
 from moto.core.responses import ActionResult, EmptyResult
 from moto.stepfunctions import responses as sfn_responses
 from moto.stepfunctions.parser import models as parser_models
-from moto.stepfunctions.parser.api import InvalidToken, TaskTimedOut
+from moto.stepfunctions.parser.api import ActivityDoesNotExist, InvalidToken, TaskTimedOut
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import state_task_activitiy
 from moto.stepfunctions.parser.asl.eval.callback.callback import (
     ActivityCallbackEndpoint,
     CallbackConsumerTimeout,
     CallbackNotifyConsumerError,
+    CallbackPoolManager,
 )
 from moto.stepfunctions.parser.backend.activity import Activity, ActivityTask
 from moto.stepfunctions.parser.backend.execution import Execution
@@ -225,6 +226,24 @@ class CloudFormationActivity(CloudFormationModel):
         return cls(backend.create_activity(name=name).arn)
 
 
+def _add_activity_task(self: Any, callback_id: str, activity_arn: str, activity_input: str) -> Any:
+    """CallbackPoolManager.add_activity_task with the task's endpoint registered before the task is queued.
+
+    moto queues the task first: a GetActivityTask already waiting could take
+    it, find no endpoint for its token, and drop it, leaving the execution
+    waiting for a task no worker would ever get.
+    """
+    if callback_id in self._pool:
+        raise ValueError("Duplicate callback token id value.")
+    activity = self._activity_store.get(activity_arn)
+    if activity is None:
+        raise ActivityDoesNotExist()
+    endpoint = ActivityCallbackEndpoint(callback_id=callback_id, activity_input=activity_input)
+    self._pool[callback_id] = endpoint
+    activity.add_task(ActivityTask(task_token=callback_id, task_input=activity_input))
+    return endpoint
+
+
 def _get_activity_task(self: Any) -> ActionResult:
     arn = self._get_param("activityArn")
     worker_name = self._get_param("workerName")
@@ -280,6 +299,7 @@ def install(long_poll_s: float = LONG_POLL_S) -> None:
                 "_eval_execution",
                 _close_activity_endpoint(state_task_activitiy.StateTaskActivity._eval_execution),
             ),
+            (CallbackPoolManager, "add_activity_task", _add_activity_task),
             (sfn_responses.StepFunctionResponse, "get_activity_task", _get_activity_task),
             (sfn_responses.StepFunctionResponse, "send_task_failure", _send_task_failure),
         ]
