@@ -237,7 +237,7 @@ def _add_activity_task(self: Any, callback_id: str, activity_arn: str, activity_
         raise ValueError("Duplicate callback token id value.")
     activity = self._activity_store.get(activity_arn)
     if activity is None:
-        raise ActivityDoesNotExist()
+        raise ActivityDoesNotExist(f"Activity does not exist: {activity_arn}")
     endpoint = ActivityCallbackEndpoint(callback_id=callback_id, activity_input=activity_input)
     self._pool[callback_id] = endpoint
     activity.add_task(ActivityTask(task_token=callback_id, task_input=activity_input))
