@@ -40,6 +40,7 @@ import json
 import re
 import socket
 import struct
+import subprocess
 import sys
 import threading
 from collections import deque
@@ -421,6 +422,60 @@ class _FtpRewriter:
             port = self.proxy.data_listener(int(found.group(2)), self.control)
             return b"229 Entering Extended Passive Mode (|||%d|).\r\n" % port
         return line
+
+
+class ProxyProcess:
+    """This proxy as a program in a process of its own, so it shares no interpreter lock with its clients.
+
+    ``stack`` stops it; :meth:`peaks` and :meth:`reset` ask it over its standard input.
+    """
+
+    def __init__(
+        self, stack: contextlib.ExitStack, target: int, rtt_ms: float, rate_mbps: float = 0.0, ftp: bool = False
+    ) -> None:
+        command = [sys.executable, __file__, "--target", str(target), "--delay-ms", str(rtt_ms / 2)]
+        command += ["--rate-mbps", str(rate_mbps)] + (["--ftp"] if ftp else [])
+        self.ftp = ftp
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        stack.callback(self.stop)
+        self.port = int(self._answer()["port"])
+
+    def _answer(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the delay proxy exited")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def ask(self, command: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def peaks(self) -> dict[str, float]:
+        """The most connections the server saw at once since the last reset (FTP: data apart)."""
+        stats = self.ask("stats")
+        peaks = {"provider conns": float(stats["max_open"])}
+        if self.ftp:
+            peaks["provider data conns"] = float(stats["data_max_open"])
+        return peaks
+
+    def peak(self) -> int:
+        return int(self.ask("stats")["max_open"])
+
+    def reset(self) -> None:
+        """Zeroes the peaks once the connections still closing are gone."""
+        self.ask("reset")
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 def main() -> None:
