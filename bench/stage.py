@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -371,13 +372,21 @@ class Stage:
         config = self.work / f"{kind}-{time.time_ns()}.yml"
         provider = {"id": kind.upper().replace("-", "_"), "config": {"gateway_config": gateway_config}}
         config.write_text(yaml.safe_dump({"providers": [provider]}))
-        command = [CLI, "--log-level", "warning", "run", "--config", str(config)]
+        ops_port = free_port()
+        command = [CLI, "--log-level", "warning", "run", "--config", str(config), "--metrics-port", str(ops_port)]
         if os.environ.get("BENCH_PROFILE"):  # py-spy's collapsed stacks, for flamegraph.pl or speedscope
             out = ROOT / "bench" / "results" / f"profile-{kind}-{time.time_ns()}.txt"
             out.parent.mkdir(parents=True, exist_ok=True)
             command = ["py-spy", "record", "--idle", "--format", "raw", "--rate", "200", "-o", str(out), "--", *command]
         proc = subprocess.Popen(command, env={**self.env, **(extra_env or {})})
-        time.sleep(1.5)  # started and polling
+        # Its ops endpoint answers once it is configured, just before its pollers start: a fixed sleep
+        # instead counted a slow start (a busy machine) in the first case's time, or wasted the rest.
+        deadline = time.monotonic() + 60
+        while not _answers(f"http://127.0.0.1:{ops_port}/healthz"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"the gateway did not start (exit {proc.poll()})")
+            time.sleep(0.05)
         return proc, machine
 
     def execute(self, machine: str, batches: list[list[dict[str, Any]]]) -> None:
@@ -474,6 +483,14 @@ class Stage:
         if sink.received < 2 * size:
             raise RuntimeError(f"the S3 sink received {sink.received} bytes of {2 * size}")
         return {"peak RSS MiB": rss, "MB/s": 2 * size / seconds / 1e6}
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:  # not listening yet; or listening and unhealthy (HTTPError)
+        return False
 
 
 def hostname() -> str:
