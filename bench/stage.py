@@ -389,16 +389,26 @@ class Stage:
             time.sleep(0.05)
         return proc, machine
 
-    def execute(self, machine: str, batches: list[list[dict[str, Any]]]) -> None:
+    def execute(self, machine: str, batches: list[list[dict[str, Any]]], stall_s: float = 180) -> None:
+        """Runs an execution per batch, until all have SUCCEEDED (else raises).
+
+        Raises too when none has finished for ``stall_s``: a case that hangs fails, the bench goes on.
+        """
         arns = [
             self.sfn.start_execution(stateMachineArn=machine, input=json.dumps({"payload": {"files": files}}))[
                 "executionArn"
             ]
             for files in batches
         ]
-        for arn in arns:
+        progress = time.monotonic()
+        for done, arn in enumerate(arns):
             while (status := self.sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+                if time.monotonic() - progress > stall_s:
+                    raise RuntimeError(
+                        f"{done} of {len(arns)} executions done, then none for {stall_s:g} s: {arn} is still RUNNING"
+                    )
                 time.sleep(0.02)
+            progress = time.monotonic()
             if status["status"] != "SUCCEEDED":
                 raise RuntimeError(f"{status.get('error')}: {status.get('cause', '')[:300]}")
 
@@ -418,7 +428,8 @@ class Stage:
                 source["checksum"] = {"type": "sha256", "value": self.sha256(name)}
             cpu_before = proc_cpu(proc.pid)
             started = time.perf_counter()
-            self.execute(machine, [[{"source": source, "target": {"bucket": BUCKET, "key": f"gw-{kind}.bin"}}]])
+            target = {"bucket": BUCKET, "key": f"gw-{kind}.bin"}
+            self.execute(machine, [[{"source": source, "target": target}]], stall_s=max(180, size / 1e6))
             seconds = time.perf_counter() - started
             figures = {
                 "MB/s": size / seconds / 1e6,
@@ -474,7 +485,7 @@ class Stage:
         ]
         try:
             started = time.perf_counter()
-            self.execute(machine, [files])
+            self.execute(machine, [files], stall_s=max(180, 2 * size / 1e6))
             seconds = time.perf_counter() - started
             rss = proc_peak_rss_mib(proc.pid)
         finally:
