@@ -279,42 +279,48 @@ def main() -> None:
         ports = start_nginx(stack, work, root)
         proxies = {kind: ProxyProcess(stack, port, args.rtt_ms) for kind, port in ports.items()}
         print(f"{machine}; httpx {httpx.__version__}; {args.rtt_ms:g} ms RTT, {args.files} x {args.kib} KiB")
-        print(f"{'case':<36} {'files/s':>8} {'RTTs/file':>10} {'CPU ms/file':>12} {'conns':>6}")
         table = []
-        for kind, case in cases(ports, work / "nginx" / "cert.pem", [int(k) for k in args.streams.split(",")]):
-            case.base = case.base.format(port=proxies[kind].port)
-            rates, cpus, peaks, failures = [], [], [], []
-            for _ in range(args.runs):
+        all_cases = cases(ports, work / "nginx" / "cert.pem", [int(k) for k in args.streams.split(",")])
+        results: dict[str, dict[str, list[Any]]] = {}
+        for run in range(args.runs):  # every case once per run: a machine's busy spell spreads over all
+            for kind, case in all_cases:
+                case.base = case.base.format(port=proxies[kind].port)
+                got = results.setdefault(case.name, {"rates": [], "cpus": [], "peaks": [], "failures": []})
                 proxies[kind].reset()
                 try:
                     seconds, cpu = case.run(names, size)
                 except Exception as exc:  # shown in the table: one failed run fails the case
-                    failures.append(f"{type(exc).__name__}: {exc}")
+                    got["failures"].append(f"{type(exc).__name__}: {exc}")
+                    print(f"  run {run + 1}: {case.name}: FAILED: {got['failures'][-1]}", flush=True)
                     continue
-                rates.append(args.files / seconds)
-                cpus.append(cpu / args.files * 1000)
-                peaks.append(proxies[kind].peak())
-            if not rates:
-                print(f"{case.name:<36} FAILED: {failures[0]}", flush=True)
-                table.append(f"| {case.name} | FAILED: {failures[0][:100]} | | | |")
+                got["rates"].append(args.files / seconds)
+                got["cpus"].append(cpu / args.files * 1000)
+                got["peaks"].append(proxies[kind].peak())
+                print(f"  run {run + 1}: {case.name}: {args.files / seconds:.1f} files/s", flush=True)
+        print(f"{'case':<40} {'files/s':>8} {'RTTs/file':>10} {'CPU ms/file':>12} {'conns':>6}")
+        for name, got in results.items():
+            failures = got["failures"]
+            verdict = f" FAILED in {len(failures)} of {args.runs} runs: {failures[0]}" if failures else ""
+            if not got["rates"]:
+                print(f"{name:<40} {verdict}", flush=True)
+                table.append(f"| {name} | - | - | - | - |{verdict} |")
                 continue
-            rate = statistics.median(rates)
+            rate = statistics.median(got["rates"])
             rtts = CONNECTIONS / (args.rtt_ms / 1000 * rate) if args.rtt_ms else float("nan")
-            peak = max(peaks)
-            verdict = "" if peak <= CONNECTIONS else f" FAILED: {peak} connections"
-            if failures:
-                verdict += f" FAILED in {len(failures)} of {args.runs} runs: {failures[0]}"
-            cpu_ms = statistics.median(cpus)
-            print(f"{case.name:<36} {rate:8.1f} {rtts:10.2f} {cpu_ms:12.2f} {peak:6d}{verdict}", flush=True)
-            table.append(f"| {case.name} | {rate:.1f} | {rtts:.2f} | {cpu_ms:.2f} | {peak}{verdict} |")
+            peak = max(got["peaks"])
+            if peak > CONNECTIONS:
+                verdict = f" FAILED: {peak} connections;{verdict}"
+            cpu_ms = statistics.median(got["cpus"])
+            print(f"{name:<40} {rate:8.1f} {rtts:10.2f} {cpu_ms:12.2f} {peak:6d}{verdict}", flush=True)
+            table.append(f"| {name} | {rate:.1f} | {rtts:.2f} | {cpu_ms:.2f} | {peak} |{verdict} |")
         log = (work / "nginx" / "error.log").read_text().splitlines()
         complaints = collections.Counter(
             re.sub(r"^.*?\[\w+\] \d+#\d+: \*\d+ |, client: .*$", "", line) for line in log if "client sent" in line
         )
         for complaint, count in complaints.most_common():
             print(f"nginx: {count} x {complaint}")
-        print("\n| case | files/s | round trips per file | client CPU ms per file | peak conns |")
-        print("|---|---:|---:|---:|---:|")
+        print("\n| case | files/s | round trips per file | client CPU ms per file | peak conns | failures |")
+        print("|---|---:|---:|---:|---:|---|")
         print("\n".join(table))
 
 
