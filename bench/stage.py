@@ -173,8 +173,8 @@ class Stage:
             "password": "secret",
         }
         self.urls["ftp"] = lambda name: f"ftp://127.0.0.1:{ftp.port}/{name}"
-        self.max_open["ftp"] = lambda: ftp.sessions_max
-        self.reset_open["ftp"] = lambda: setattr(ftp, "sessions_max", 0)
+        self.max_open["ftp"] = lambda: ftp.connections.max
+        self.reset_open["ftp"] = ftp.connections.restart_peak
         self.ftp = ftp
 
     def _start_sftp(self) -> None:

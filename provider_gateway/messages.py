@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from provider_gateway import json_input
-from provider_gateway.errors import InvalidRequest
+from provider_gateway.errors import GatewayError, InvalidRequest
 from provider_gateway.urls import redact_url, url_path
 
-CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
 FROM_CONFIG = "FROM_CONFIG"
 MAX_OBJECT_SIZE = 5 * 1024**4  # S3's largest object: 5 TiB
 MAX_KEY_BYTES = 1024  # S3's longest key, in UTF-8 bytes
@@ -33,6 +32,8 @@ RawInput = str | Mapping[str, Any] | None
 
 
 HEX_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
+"""The checksum algorithms a request may name, and the length of each one's hex digest."""
+CHECKSUM_ALGORITHMS = tuple(HEX_LENGTHS)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,31 @@ class Checksum:
     algorithm: str
     value: str
     url: str | None = None
+
+    @classmethod
+    def parse(cls, algorithm: object, value: object, names: tuple[str, str] = ("type", "value")) -> Checksum:
+        """The digest ``value`` of ``algorithm``, checked: InvalidRequest unless it is hex of the algorithm's length.
+
+        ``names`` are what the caller calls the algorithm and the digest, for the message.
+        """
+        known = cls.algorithm_named(algorithm, names[0])
+        length = HEX_LENGTHS[known]
+        if not isinstance(value, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{length}}}", value):
+            raise InvalidRequest(f"{names[1]}: must be a {length}-digit hex {known} digest")
+        return cls(algorithm=known, value=value.lower())
+
+    @classmethod
+    def from_text(cls, text: str) -> Checksum:
+        """``ALGO:HEX`` as ``provider-gateway download --checksum`` takes it (either part in any case)."""
+        algorithm, _, value = text.partition(":")
+        return cls.parse(algorithm.strip().lower(), value.strip(), ("--checksum ALGO", "--checksum HEX"))
+
+    @staticmethod
+    def algorithm_named(algorithm: object, name: str = "type") -> str:
+        """``algorithm`` if it is one of :data:`CHECKSUM_ALGORITHMS`, else InvalidRequest naming ``name``."""
+        if not isinstance(algorithm, str) or algorithm not in HEX_LENGTHS:
+            raise InvalidRequest(f"{name}: must be one of {', '.join(CHECKSUM_ALGORITHMS)}; got {_shown(algorithm)}")
+        return algorithm
 
 
 @dataclass(frozen=True)
@@ -76,6 +102,11 @@ class FileResult:
     error_code: str | None = None
     error: str | None = None
     checksum: Checksum | None = None
+
+    @classmethod
+    def failed(cls, error: GatewayError) -> FileResult:
+        """The result of a file that failed with ``error``: its code and message."""
+        return cls(False, error_code=error.code, error=error.message)
 
 
 @dataclass(frozen=True)
@@ -347,21 +378,15 @@ def _checksum(value: Any, where: str, url_check: Callable[[str], object]) -> Che
         return None
     if not isinstance(value, dict):
         raise InvalidRequest(f"{where}.source.checksum: must be {{type, value}} or {{type, url}}")
-    algorithm, digest, sidecar = value.get("type"), value.get("value"), value.get("url")
-    if algorithm not in CHECKSUM_ALGORITHMS:
-        raise InvalidRequest(
-            f"{where}.source.checksum.type: must be one of {', '.join(CHECKSUM_ALGORITHMS)}; got {_shown(algorithm)}"
-        )
+    names = (f"{where}.source.checksum.type", f"{where}.source.checksum.value")
+    algorithm = Checksum.algorithm_named(value.get("type"), names[0])
+    digest, sidecar = value.get("value"), value.get("url")
     if sidecar is not None and digest is None:
         if not isinstance(sidecar, str):
             raise InvalidRequest(f"{where}.source.checksum.url: must be a URL string")
         _check_url(url_check, sidecar, f"{where}.source.checksum.url")
         return Checksum(algorithm=algorithm, value="", url=sidecar)
-    if not isinstance(digest, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{HEX_LENGTHS[algorithm]}}}", digest):
-        raise InvalidRequest(
-            f"{where}.source.checksum.value: must be a {HEX_LENGTHS[algorithm]}-digit hex {algorithm} digest"
-        )
-    return Checksum(algorithm=algorithm, value=digest.lower())
+    return Checksum.parse(algorithm, digest, names)
 
 
 def _shown(value: Any, limit: int = 80) -> str:

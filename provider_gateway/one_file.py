@@ -17,47 +17,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
-from provider_gateway.config.model import (
-    Config,
-    ConnConfig,
-    FtpConnConfig,
-    GatewayConfig,
-    GridftpConnConfig,
-    HttpConnConfig,
-    ProviderConfig,
-    SftpConnConfig,
-)
+from provider_gateway.config.model import Config, ConnConfig, GatewayConfig, ProviderConfig
 from provider_gateway.errors import GatewayError, GatewayShutdown, InvalidRequest
 from provider_gateway.messages import Checksum, FileRequest, FileResult, result_fields
-from provider_gateway.protocols import Connection, ConnectionSettings, check_url, connection_factory
+from provider_gateway.protocols import (
+    REGISTRY,
+    URL_TYPES,
+    Connection,
+    ConnectionSettings,
+    UrlSettings,
+    check_url,
+    connection_factory,
+)
 from provider_gateway.transfer.copy import CopyOptions, CopyOutcome, copy_file
-from provider_gateway.transfer.s3upload import MiB
 from provider_gateway.transfer.stream import ProgressCallback, TransferStream
 from provider_gateway.urls import parse_url, redact_url, url_path
 
 log = logging.getLogger(__name__)
-
-CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
-
-# Exit statuses of the download command, one per contract error code, so that an AWS Batch
-# retryStrategy (evaluateOnExit.onExitCode) can retry exactly the transient ones.
-EXIT_STATUS: dict[str, int] = {
-    "InvalidRequest": 2,
-    "SourceNotFound": 3,
-    "SourceAccessDenied": 4,
-    "SourceUnavailable": 5,
-    "IntegrityError": 6,
-    "TargetWriteFailed": 7,
-    "GatewayShutdown": 8,
-}
-EXIT_OTHER = 1
-
-
-def exit_status(error_code: str | None) -> int:
-    """The exit status of a download that ended with ``error_code`` (0 for success)."""
-    if error_code is None:
-        return 0
-    return EXIT_STATUS.get(error_code, EXIT_OTHER)
 
 
 @dataclass(frozen=True)
@@ -77,8 +53,8 @@ def source_from_provider(gateway: GatewayConfig, url: str) -> Source:
     return Source(
         conn=gateway.conn,
         url=url,
-        options=CopyOptions(min_part_size=gateway.part_size_mb * MiB, retries=gateway.retries),
-        settings=ConnectionSettings(read_timeout_s=gateway.read_timeout_s),
+        options=gateway.copy_options,
+        settings=gateway.connection_settings,
         allowed_buckets=gateway.allowed_buckets,
     )
 
@@ -127,32 +103,24 @@ def source_from_url(
     if not host:
         raise InvalidRequest(f"{redact_url(url)} names no host")
     _check_option_files(scheme, identity_file, ca_bundle)
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password is not None else None
+    if scheme not in URL_TYPES:
+        raise InvalidRequest(f"scheme {parts.scheme or '(none)'!r} is not supported ({', '.join(URL_TYPES)})")
     netloc = parts.netloc.rpartition("@")[2]
     bare = urlunsplit((scheme, netloc, parts.path, parts.query, ""))
-    conn: ConnConfig
-    if scheme in ("http", "https"):
-        conn = HttpConnConfig(type=scheme, host=netloc, username=user, password=password, ca_bundle=ca_bundle)  # type: ignore[arg-type]
-    elif scheme in ("ftp", "ftps"):
-        ftp: dict[str, Any] = {"ca_bundle": ca_bundle} if ca_bundle else {}
-        conn = FtpConnConfig(
-            type=scheme,  # type: ignore[arg-type]
+    kind = URL_TYPES[scheme]
+    conn = REGISTRY[kind].from_url(
+        UrlSettings(
+            type=kind,
             host=host,
-            port=parts.port or 21,
-            username=user or "anonymous",
-            password=password,
-            **ftp,
+            port=parts.port,
+            netloc=netloc,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            known_hosts_file=known_hosts_file,
+            identity_file=identity_file,
+            ca_bundle=ca_bundle,
         )
-    elif scheme == "sftp":
-        conn = _sftp_from_url(parts, host, user, password, known_hosts_file, identity_file)
-    elif scheme == "gsiftp":
-        # The X.509 credential comes from the standard X509_* variables, as for globus-url-copy itself.
-        conn = GridftpConnConfig(type="gridftp", host=host, port=parts.port or 2811, username=user)
-    else:
-        raise InvalidRequest(
-            f"scheme {parts.scheme or '(none)'!r} is not supported (http, https, ftp, ftps, sftp, gsiftp)"
-        )
+    )
     check_url(conn, bare)
     return Source(conn=conn, url=bare)
 
@@ -180,30 +148,6 @@ def _split(url: str) -> SplitResult:
     return parts
 
 
-def _sftp_from_url(
-    parts: SplitResult,
-    host: str,
-    user: str | None,
-    password: str | None,
-    known_hosts_file: str | None,
-    identity_file: str | None,
-) -> SftpConnConfig:
-    if not user:
-        raise InvalidRequest("an sftp URL needs a user name (sftp://user@host/path), or use --config")
-    known_hosts = known_hosts_file or str(Path("~/.ssh/known_hosts").expanduser())
-    if not Path(known_hosts).is_file():
-        raise InvalidRequest(f"no known_hosts file at {known_hosts} to check the sftp host key against")
-    return SftpConnConfig(
-        type="sftp",
-        host=host,
-        port=parts.port or 22,
-        username=user,
-        password=password,
-        private_key_file=identity_file,
-        known_hosts_file=known_hosts,
-    )
-
-
 def s3_target(target: str, url: str) -> tuple[str, str]:
     """``s3://bucket/key`` as (bucket, key); a key ending in ``/`` (or none) gets the URL's file name."""
     parts = urlsplit(target)
@@ -216,16 +160,6 @@ def s3_target(target: str, url: str) -> tuple[str, str]:
             raise InvalidRequest(f"{redact_url(url)} names no file, so the target needs a full key")
         key += name
     return parts.netloc, key
-
-
-def parse_checksum(text: str) -> Checksum:
-    """``ALGO:HEX`` (as ``--checksum`` takes it) as a Checksum."""
-    algorithm, _, value = text.partition(":")
-    algorithm = algorithm.strip().lower()
-    value = value.strip().lower()
-    if algorithm not in CHECKSUM_ALGORITHMS or not value or any(c not in "0123456789abcdef" for c in value):
-        raise InvalidRequest(f"checksum {text!r} is not ALGO:HEX with ALGO one of {', '.join(CHECKSUM_ALGORITHMS)}")
-    return Checksum(algorithm, value)
 
 
 def file_request(

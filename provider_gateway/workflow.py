@@ -9,7 +9,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-RETRYABLE_ERRORS = ["SourceUnavailable", "IntegrityError", "GatewayShutdown", "States.Timeout"]
+from provider_gateway.errors import codes_where
+
+RETRYABLE_ERRORS = [*codes_where(lambda error: error.workflow_retry), "States.Timeout"]
+"""What a workflow retries: the gateway's codes a new attempt can fix, and a gateway that died (no heartbeat)."""
 FATAL_ERRORS = ["States.ALL"]
 
 

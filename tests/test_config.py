@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from botocore.config import Config as BotoConfig
 
-from provider_gateway.config import HttpConnConfig, load_config, masked, parse_config
+from provider_gateway.config import GatewayConfig, HttpConnConfig, load_config, masked, parse_config
+from provider_gateway.config.loader import cloudformation_resolver
+from provider_gateway.config.model import LeaseConfig, field_default
 from provider_gateway.errors import ConfigError
 from provider_gateway.local.http_server import FileHTTPServer
+from provider_gateway.protocols import CONN_TYPES, REGISTRY, ConnectionSettings
+from provider_gateway.transfer.s3upload import MiB
 from tests.support import cli_path, unique
 
 ARN = "arn:aws:states:us-east-1:123456789012:activity:HttpProvDownloadActivity"
@@ -239,6 +247,25 @@ providers:
     assert "Nope" in failed.stderr and stack_name in failed.stderr
 
 
+def test_a_resource_cloudformation_does_not_know_is_missing_and_an_unreachable_stack_is_not(
+    cloudformation: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STACK_NAME", unique("nostack").replace("-", ""))
+    unreachable = boto3.client(
+        "cloudformation",
+        endpoint_url="http://127.0.0.1:9",
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=BotoConfig(retries={"max_attempts": 1}, connect_timeout=2),
+    )
+
+    with pytest.raises(ConfigError, match="no resource Nope or nostack"):
+        cloudformation_resolver(lambda: cloudformation)("Nope")
+    with pytest.raises(ConfigError, match="cannot query stack nostack"):
+        cloudformation_resolver(lambda: unreachable)("Nope")
+
+
 def test_config_from_s3(tmp_path: Path, s3: Any, bucket: str, aws_env: dict[str, str]) -> None:
     s3.put_object(Bucket=bucket, Key="ingest/collections.yml", Body=VALID.encode())
 
@@ -306,6 +333,65 @@ def test_numbers_are_bounded_and_finite_and_the_message_names_the_key(
 
     assert done.returncode == 2, done.stdout
     assert words in done.stderr
+
+
+# Keys a conn_config needs beyond the required fields, for its type's own rules to pass.
+RULES_NEED: dict[str, dict[str, Any]] = {"sftp": {"password": "pw", "insecure_skip_host_key_check": True}}
+
+
+def sample(hint: Any) -> Any:
+    """A valid value of a required field's type, for a config that gives only what it must."""
+    return {str: "h.example.org", int: 2, float: 2.0}[hint]
+
+
+def required_keys(config_class: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    hints = typing.get_type_hints(config_class)
+    return {
+        f.name: sample(hints[f.name])
+        for f in dataclasses.fields(config_class)
+        if f.name not in skip and field_default(config_class, f.name) is dataclasses.MISSING
+    }
+
+
+def assert_left_out_keys_get_field_defaults(config: Any, written: dict[str, Any]) -> None:
+    for f in dataclasses.fields(config):
+        if f.name not in written:
+            assert getattr(config, f.name) == field_default(type(config), f.name), (type(config), f.name)
+
+
+@pytest.mark.parametrize("kind", CONN_TYPES)
+def test_every_default_the_loader_applies_is_the_dataclass_fields(kind: str) -> None:
+    spec = REGISTRY[kind]
+    conn = {"type": kind, **required_keys(spec.config_class, skip=("type",)), **RULES_NEED.get(kind, {})}
+    leases = required_keys(LeaseConfig) | {"table": "gateway-leases"}
+    gateway = required_keys(GatewayConfig, skip=("conn", "activity_arn")) | {
+        "activity_arn": ARN,
+        "conn_config": conn,
+        "connection_leases": leases,
+    }
+
+    config = parse_config({"providers": [{"id": "P", "config": {"gateway_config": gateway}}]}, resolver=str)
+
+    loaded = config.providers[0].gateway
+    assert isinstance(loaded.conn, spec.config_class)
+    assert_left_out_keys_get_field_defaults(loaded, gateway | {"conn": conn})
+    assert_left_out_keys_get_field_defaults(loaded.conn, conn)
+    assert loaded.connection_leases is not None
+    assert_left_out_keys_get_field_defaults(loaded.connection_leases, leases)
+
+
+def test_the_options_a_provider_builds_carry_its_config_and_default_to_it() -> None:
+    def gateway(**settings: Any) -> GatewayConfig:
+        document = {"providers": [{"id": "P", "config": {"gateway_config": base_gateway() | settings}}]}
+        return parse_config(document, resolver=str).providers[0].gateway
+
+    defaults, given = gateway(), gateway(read_timeout_s=7, part_size_mb=16, retries=1)
+
+    assert defaults.connection_settings == ConnectionSettings()
+    assert defaults.copy_options.min_part_size == field_default(GatewayConfig, "part_size_mb") * MiB
+    assert defaults.copy_options.retries == field_default(GatewayConfig, "retries")
+    assert given.connection_settings.read_timeout_s == 7
+    assert (given.copy_options.min_part_size, given.copy_options.retries) == (16 * MiB, 1)
 
 
 def test_ports_are_bounded(tmp_path: Path) -> None:

@@ -17,11 +17,15 @@ from typing import Any
 
 import pytest
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pytest_httpserver import HTTPServer
 
 from provider_gateway.config.model import FtpConnConfig
+from provider_gateway.errors import InvalidRequest
 from provider_gateway.local.ftp_server import FileFTPServer
 from provider_gateway.local.http_server import FileHTTPServer
+from provider_gateway.messages import CHECKSUM_ALGORITHMS, HEX_LENGTHS, Checksum, parse_download_task
 from tests.providers import provider_for
 from tests.servers import SSHD, STOCK_HOST_KEYS, Sshd, keygen
 from tests.support import cli_path, unique, write_config
@@ -110,7 +114,7 @@ def test_download_of_a_same_version_object_is_skipped(
     with FileHTTPServer() as server:
         server.files["/k"] = b"new"
         done = run_download(aws_env, server.url("/k"), f"s3://{bucket}/k", "--version", "v1")
-        requests_seen = server.connections_total
+        requests_seen = server.connections.total
     assert done.returncode == 0, done.stderr
     assert json_line(done)["version_skip"] is True
     assert requests_seen == 0
@@ -420,3 +424,91 @@ def test_ca_bundle_verifies_an_ftps_url(tmp_path: Path, aws_env: dict[str, str],
     assert s3.get_object(Bucket=bucket, Key="f.bin")["Body"].read() == b"ftps bytes"
     assert untrusted.returncode == 4 and "certificate verify failed" in json_line(untrusted)["error"].lower()
     assert logins == 1  # the unverified server never saw the password
+
+
+@pytest.mark.parametrize(
+    "checksum",
+    ["md5:abc", "sha256:" + "g" * 64, "sha1:" + "0" * 41, "crc32:0badf00d", "md5"],
+    ids=["md5-too-short", "non-hex", "sha1-too-long", "unknown-algorithm", "no-digest"],
+)
+def test_a_bad_checksum_is_refused_with_status_2_before_the_provider_is_asked(
+    checksum: str, aws_env: dict[str, str], s3: Any, bucket: str
+) -> None:
+    with FileHTTPServer() as server:
+        server.files["/f.bin"] = b"x" * 1000
+        done = run_download(aws_env, server.url("/f.bin"), f"s3://{bucket}/f.bin", "--checksum", checksum)
+        asked = (server.connections_total, list(server.requests))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    line = json_line(done)
+    assert line["error_code"] == "InvalidRequest" and "--checksum" in line["error"]
+    assert asked == (0, [])
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
+def test_a_well_formed_but_wrong_checksum_reaches_the_provider_and_fails_with_status_6(
+    aws_env: dict[str, str], s3: Any, bucket: str
+) -> None:
+    with FileHTTPServer() as server:
+        server.files["/f.bin"] = b"x" * 1000
+        done = run_download(aws_env, server.url("/f.bin"), f"s3://{bucket}/f.bin", "--checksum", "MD5:" + "0" * 32)
+        asked = server.connections_total
+    assert done.returncode == 6, (done.stdout, done.stderr)
+    assert json_line(done)["error_code"] == "IntegrityError"
+    assert asked >= 1
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
+HEX = "0123456789abcdefABCDEF"
+ALGORITHMS = st.one_of(
+    st.sampled_from(CHECKSUM_ALGORITHMS), st.text("abcdefghijklmnopqrstuvwxyz0123456789-", max_size=8)
+)
+RIGHT_LENGTH_HEX = st.sampled_from(CHECKSUM_ALGORITHMS).flatmap(
+    lambda name: st.tuples(st.just(name), st.text(HEX, min_size=HEX_LENGTHS[name], max_size=HEX_LENGTHS[name]))
+)
+DIGESTS = st.one_of(
+    st.sampled_from(sorted(HEX_LENGTHS.values())).flatmap(lambda n: st.text(HEX, min_size=n - 1, max_size=n + 1)),
+    st.text(HEX, max_size=140),
+    st.text(max_size=140).filter(lambda text: text == text.strip()),
+)
+
+
+def _in_task(algorithm: str, digest: str) -> Checksum | str:
+    """The checksum a task message with {type, value} asks for, or the refusal's message."""
+    source = {"url": "http://h/x", "checksum": {"type": algorithm, "value": digest}}
+    entry = {"source": source, "target": {"bucket": "my-bucket", "key": "k"}}
+    try:
+        return parse_download_task({"payload": {"files": [entry]}}, url_check=lambda url: None).files[0].checksum
+    except InvalidRequest as exc:
+        return exc.message
+
+
+def _on_command_line(algorithm: str, digest: str) -> Checksum | str:
+    try:
+        return Checksum.from_text(f"{algorithm}:{digest}")
+    except InvalidRequest as exc:
+        return exc.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(RIGHT_LENGTH_HEX)
+def test_a_digest_of_each_algorithms_length_is_accepted_in_the_task_and_on_the_command_line(
+    named: tuple[str, str],
+) -> None:
+    algorithm, digest = named
+    expected = Checksum(algorithm, digest.lower())
+    assert _in_task(algorithm, digest) == expected
+    assert _on_command_line(algorithm, digest) == expected
+    assert _on_command_line(algorithm.upper(), f" {digest.upper()} ") == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(ALGORITHMS, DIGESTS)
+def test_the_task_and_the_command_line_refuse_the_same_checksums(algorithm: str, digest: str) -> None:
+    valid = algorithm in HEX_LENGTHS and len(digest) == HEX_LENGTHS[algorithm] and all(c in HEX for c in digest)
+    in_task, on_command_line = _in_task(algorithm, digest), _on_command_line(algorithm, digest)
+    if valid:
+        assert in_task == on_command_line == Checksum(algorithm, digest.lower())
+    else:
+        assert isinstance(in_task, str) and isinstance(on_command_line, str)
+        problem = "must be one of" if algorithm not in HEX_LENGTHS else f"must be a {HEX_LENGTHS[algorithm]}-digit hex"
+        assert problem in in_task and problem in on_command_line

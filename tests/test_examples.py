@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from provider_gateway.config import HttpConnConfig, load_config
+from provider_gateway.errors import codes_where, error_classes
 from provider_gateway.messages import parse_download_task
 from provider_gateway.protocols import check_url
 from provider_gateway.workflow import download_state_machine
@@ -112,3 +115,66 @@ def test_ecs_lease_table_and_policy_fit_the_lease_code(stack: Any) -> None:
     (statement,) = [s for s in policy["Statement"] if "dynamodb" in str(s["Action"])]
     assert set(statement["Action"]) == set(LEASE_TABLE_ACTIONS)
     assert statement["Resource"].endswith(":table/" + json.loads(template)["TableName"])
+
+
+def _states(definition: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every state of an ASL definition, those inside Map and Parallel states included."""
+    for name, state in definition["States"].items():
+        yield name, state
+        for inner in (state.get("ItemProcessor"), state.get("Iterator"), *state.get("Branches", [])):
+            if inner:
+                yield from _states(inner)
+
+
+def _copies_files(state: dict[str, Any]) -> bool:
+    """A Task that runs the gateway's copy: an activity (the gateway's), or the download Lambda."""
+    resource = str(state.get("Resource", ""))
+    function = str(state.get("Parameters", {}).get("FunctionName", ""))
+    return ":activity:" in resource or resource == "${GatewayActivityArn}" or function == "${DownloadFunctionArn}"
+
+
+SHIPPED_STATE_MACHINES = sorted(EXAMPLES.rglob("*.asl.json"))
+
+
+def test_every_shipped_state_machine_retries_what_the_error_classes_say() -> None:
+    retried = set(codes_where(lambda error: error.workflow_retry))
+    gateway_codes = {error.code for error in error_classes()}
+    assert {"SourceUnavailable", "IntegrityError", "GatewayShutdown"} <= retried
+    assert len(SHIPPED_STATE_MACHINES) >= 2
+    copying = 0
+    for path in SHIPPED_STATE_MACHINES:
+        for name, state in _states(json.loads(path.read_text())):
+            where = f"{path.relative_to(EXAMPLES)}: {name}"
+            retry = {code for rule in state.get("Retry", []) for code in rule["ErrorEquals"]}
+            assert retry & gateway_codes <= retried, f"{where} retries {sorted(retry & gateway_codes - retried)}"
+            if _copies_files(state):
+                copying += 1
+                caught = {code for rule in state.get("Catch", []) for code in rule["ErrorEquals"]}
+                assert retried <= retry | caught, f"{where} does not retry {sorted(retried - retry - caught)}"
+    assert copying >= 3
+
+
+def test_state_machines_of_the_templates_are_the_shipped_files_and_batch_retries_the_same_errors() -> None:
+    loader = type("CfnLoader", (yaml.SafeLoader,), {})
+    loader.add_multi_constructor("!", lambda load, suffix, node: None)
+    templates = sorted(EXAMPLES.rglob("template.yaml"))
+    assert templates
+    for path in templates:
+        resources = yaml.load(path.read_text(), Loader=loader)["Resources"].values()
+        for resource in resources:
+            properties = resource.get("Properties", {})
+            if resource["Type"] in ("AWS::Serverless::StateMachine", "AWS::StepFunctions::StateMachine"):
+                uri = properties.get("DefinitionUri")
+                assert uri is not None, f"{path}: a state machine defined inline escapes the Retry check"
+                assert (path.parent / uri).resolve() in {p.resolve() for p in SHIPPED_STATE_MACHINES}
+            if resource["Type"] == "AWS::Batch::JobDefinition":
+                rules = properties["RetryStrategy"]["EvaluateOnExit"]
+                statuses = {int(r["OnExitCode"]) for r in rules if r["Action"] == "RETRY" and "OnExitCode" in r}
+                assert statuses == {error.exit_status for error in error_classes() if error.workflow_retry}
+
+
+def test_the_download_state_machine_retries_the_classes_workflow_retry_codes() -> None:
+    definition = download_state_machine("arn:aws:states:us-east-1:123456789012:activity:a")
+    (rule,) = definition["States"]["Download"]["Retry"]
+    assert rule["ErrorEquals"] == [*codes_where(lambda error: error.workflow_retry), "States.Timeout"]
+    assert "TargetWriteFailed" not in rule["ErrorEquals"]

@@ -151,7 +151,7 @@ def test_a_stalled_provider_is_source_unavailable_after_the_read_timeout_and_the
 
         stuck = wait_done(sfn, start(sfn, machine, download_message([(provider.url("/stuck.h5"), bucket, "s")])))
         after = wait_done(sfn, start(sfn, machine, download_message([(provider.url("/next.h5"), bucket, "n")])))
-        connections = provider.connections_total
+        connections = provider.connections.total
 
     assert (stuck["status"], stuck["error"]) == ("FAILED", "SourceUnavailable")
     assert "timed out" in json.loads(stuck["cause"])["files"][0]["error"].lower()
@@ -170,14 +170,14 @@ def test_provider_killed_and_restarted_during_a_batch_of_twenty(
     gateway(activity, {"type": "http", "host": first.host}, num_connections=2, retries=6)
     machine = create_state_machine(sfn, activity)
     executions = [start(sfn, machine, download_message([(first.url(p), bucket, p[1:])])) for p in files]
-    while first.connections_total == 0 or len(first.requests) < 4:
+    while first.connections.total == 0 or len(first.requests) < 4:
         time.sleep(0.05)
     first.kill()  # mid-batch, connections and all
-    most_first = first.connections_max
+    most_first = first.connections.max
     time.sleep(1.5)
     with FileHTTPServer(files, rate_bytes_per_s=4 * MiB, port=port) as second:
         results = [wait_done(sfn, arn, timeout_s=120) for arn in executions]
-        most_second = second.connections_max
+        most_second = second.connections.max
 
     outcomes = [(r["status"], r.get("error")) for r in results]
     assert all(o == ("SUCCEEDED", None) or o == ("FAILED", "SourceUnavailable") for o in outcomes), outcomes

@@ -159,8 +159,8 @@ def test_two_connections_serve_ten_files_over_several_tasks(
     assert [r["status"] for r in results] == ["SUCCEEDED"] * 4
     for name in names:
         assert s3.get_object(Bucket=bucket, Key=name[1:])["Body"].read() == provider.files[name]
-    assert provider.connections_max <= 2
-    assert provider.connections_total == 2
+    assert provider.connections.max <= 2
+    assert provider.connections.total == 2
 
 
 def test_bucket_write_failure_is_target_write_failed_and_leaves_nothing(

@@ -102,7 +102,7 @@ def test_three_replicas_share_a_limit_of_four(
     results = [wait_done(sfn, arn, timeout_s=180) for arn in arns]
 
     _assert_all_stored(s3, bucket, files, results)
-    assert provider.connections_max == 4, "the provider's own counter: never above 4, and all 4 slots used"
+    assert provider.connections.max == 4, "the provider's own counter: never above 4, and all 4 slots used"
     assert all(r.proc.poll() is None for r in replicas), "every replica still serving"
 
 
@@ -144,7 +144,7 @@ def test_a_killed_replica_gives_its_slots_back_within_one_lease(
     assert taken_back_ms is not None, "the survivor never took the killed replica's slots"
     assert taken_back_ms - killed_ms <= (LEASE_S + 2) * 1000, taken_back_ms - killed_ms
     _assert_all_stored(s3, bucket, files, results)
-    assert provider.connections_max <= 4
+    assert provider.connections.max <= 4
     assert " claimed: " in survivor.log()
 
 

@@ -101,7 +101,7 @@ def test_files_share_one_login_and_resume_from_an_offset(server: FileFTPServer) 
     assert read_all(connection, "b.bin") == b"second file"
     assert read_all(connection, "a.bin", offset=1_000_000) == whole[1_000_000:]
     assert connection.check()
-    assert (server.logins, server.sessions_total) == (1, 1)
+    assert (server.logins, server.connections.total) == (1, 1)
 
 
 def test_size_comes_from_the_server(server: FileFTPServer) -> None:
@@ -128,7 +128,7 @@ def test_an_idle_connection_dropped_by_the_server_is_detected_with_noop(
 
     assert server.drop_sessions() == 1
     deadline = time.monotonic() + 5
-    while server.sessions_open and time.monotonic() < deadline:
+    while server.connections.open and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not connection.check()
     connection.close()

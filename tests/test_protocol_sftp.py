@@ -20,7 +20,8 @@ from provider_gateway.config.model import SftpConnConfig
 from provider_gateway.errors import SourceAccessDenied, SourceNotFound, SourceUnavailable
 from provider_gateway.local.sftp_server import InProcessSFTPServer
 from provider_gateway.protocols.base import ConnectionSettings
-from provider_gateway.protocols.sftp import PIECE, WINDOW_PIECES, SftpConnection
+from provider_gateway.protocols.sftp import PIECE, SftpConnection
+from provider_gateway.protocols.sftp_session import FILE_AHEAD
 from tests.conftest import GatewayFactory
 from tests.servers import SSHD, STOCK_HOST_KEYS, CountingProxy, Sshd, keygen
 from tests.support import create_state_machine, download_message, start, wait_done
@@ -74,7 +75,7 @@ def read_all(connection: SftpConnection, url: str, offset: int = 0) -> bytes:
 
 
 def test_password_login_and_windowed_reads_from_any_offset(server: InProcessSFTPServer) -> None:
-    data = os.urandom(PIECE * WINDOW_PIECES * 2 + 12345)  # more than two windows
+    data = os.urandom(FILE_AHEAD * 2 + 12345)  # more than a file reads ahead
     (server.root / "big.bin").write_bytes(data)
     connection = connect(server, password="secret")
     url = f"sftp://127.0.0.1:{server.port}/big.bin"

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
+import types
+import typing
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
+from provider_gateway.config.model import field_default
 from provider_gateway.errors import ConfigError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 _MISSING: Any = object()
+_HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+Check = Callable[[Any], str | None]
+"""A check of a value already of the right type: the problem, or None."""
+
+D = TypeVar("D", bound="DataclassInstance")
 
 
 def _describe(kind: type | tuple[type, ...]) -> str:
@@ -70,7 +85,7 @@ class Fields:
         key: str,
         kind: type | tuple[type, ...],
         default: Any = _MISSING,
-        check: Callable[[Any], str | None] | None = None,
+        check: Check | None = None,
     ) -> Any:
         """Take ``key`` checked to be of ``kind``; ``check`` returns a problem or None."""
         value = self.raw(key, default)
@@ -97,7 +112,9 @@ class Fields:
         if key not in self._bounds or isinstance(value, bool) or not isinstance(value, int | float):
             return
         least, greatest = self._bounds[key]
-        if not least <= value <= greatest:
+        if value < least:
+            raise ConfigError(f"{self.key_path(key)}: must be at least {_number(least)}, got {_number(value)}")
+        if value > greatest:
             raise ConfigError(
                 f"{self.key_path(key)}: must be from {_number(least)} to {_number(greatest)}, got {_number(value)}"
             )
@@ -118,6 +135,34 @@ class Fields:
                 raise ConfigError(f"{self.key_path(key)}: keys and values must be strings")
         return dict(value)
 
+    def build(self, cls: type[D], checks: Mapping[str, Check] | None = None, **given: Any) -> D:
+        """A ``cls`` whose fields not ``given`` are taken from this mapping, each as its type says.
+
+        A key left out gets the field's default (so the dataclass is the one
+        place defaults are written); a field without one is a required key.
+        ``checks`` adds a :data:`Check` to some keys.
+        """
+        hints = typing.get_type_hints(cls)
+        values = dict(given)
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                default = field_default(cls, f.name)
+                absent = default is not dataclasses.MISSING and not self.has(f.name)
+                values[f.name] = default if absent else self._typed(f.name, hints[f.name], (checks or {}).get(f.name))
+        return cls(**values)
+
+    def _typed(self, key: str, hint: Any, check: Check | None) -> Any:
+        """Take the required or present ``key`` as the type ``hint`` says."""
+        if hint == tuple[str, ...]:
+            return self.strings(key)
+        if hint == dict[str, str]:
+            return self.string_map(key)
+        if typing.get_origin(hint) is Literal:
+            return self.take(key, str, check=one_of(*typing.get_args(hint)))
+        optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        kinds = tuple(k for k in typing.get_args(hint) if k is not type(None)) if optional else hint
+        return self.take(key, kinds, None if optional else _MISSING, check)
+
     def finish(self) -> None:
         """Reject every key not taken: typos must not pass silently."""
         if self._data:
@@ -125,19 +170,25 @@ class Fields:
             raise ConfigError(f"{self._path}: unknown key(s): {names}")
 
 
-def at_least(minimum: float) -> Callable[[Any], str | None]:
-    """A check that a number is >= ``minimum``."""
-
-    def check(value: Any) -> str | None:
-        return None if value >= minimum else f"must be at least {minimum}, got {value}"
-
-    return check
-
-
-def one_of(*choices: str) -> Callable[[Any], str | None]:
+def one_of(*choices: str) -> Check:
     """A check that a string is one of ``choices``."""
 
     def check(value: Any) -> str | None:
         return None if value in choices else f"must be one of {', '.join(choices)}; got {value!r}"
+
+    return check
+
+
+def host_name(allow_port: bool) -> Check:
+    """A check that a string is a host name (or ``name:port`` if ``allow_port``), with no credentials."""
+
+    def check(value: Any) -> str | None:
+        if "@" in value:  # user:password@host: the value is not shown
+            return "must be a host name; credentials go in username and password (the value is not shown)"
+        if not _HOST.match(value):
+            return f"must be a host name{' or name:port' if allow_port else ''}; got {value!r}"
+        if not allow_port and urlsplit(f"//{value}").port is not None:
+            return f"must be a host name without a port (use 'port'); got {value!r}"
+        return None
 
     return check

@@ -13,33 +13,29 @@ import os
 import re
 from collections.abc import Callable, Collection
 from typing import Any
-from urllib.parse import urlsplit
 
+from botocore.exceptions import BotoCoreError, ClientError
+
+# The protocols' registry says which conn_config types there are and how each is read. It is
+# imported as a module, because the protocols import the config classes: its names are read at call time.
+from provider_gateway import protocols
 from provider_gateway.config.credentials import check_credentials
-from provider_gateway.config.fields import Fields, at_least, one_of
+from provider_gateway.config.fields import Fields, one_of
 from provider_gateway.config.model import (
     FENCE_MARGIN_S,
     SECRET_KEYS,
     Config,
     ConnConfig,
-    FtpConnConfig,
     GatewayConfig,
-    GridftpConnConfig,
-    HttpConnConfig,
     LeaseConfig,
     ProviderConfig,
-    SftpConnConfig,
 )
 from provider_gateway.config.yaml_source import ResourceRef, expand, parse_yaml, read_text
-from provider_gateway.errors import ConfigError, InvalidRequest
-from provider_gateway.ssh_known_hosts import settings_problem
-from provider_gateway.urls import parse_origin
+from provider_gateway.errors import ConfigError
 
 ResourceResolver = Callable[[str], str]
 
 ACTIVITY_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:states:[a-z0-9-]+:\d{12}:activity:[A-Za-z0-9_.-]{1,80}$")
-CONN_TYPES = ("http", "https", "ftp", "ftps", "sftp", "gridftp")
-_HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 BOUNDS: dict[str, tuple[float, float]] = {
     "num_connections": (1, 256),  # each is a thread with its own part buffers
     "heartbeat_interval_s": (1, 3600),
@@ -52,6 +48,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "lease_s": (10, 600),
     "clock_skew_s": (0, 60),
     "idle_release_s": (1, 3600),
+    "files_in_flight": (1, 32),  # sftp: files at once in one SSH session, each with read-ahead
 }
 """The range of every number in ``gateway_config``, by key: values outside are config errors naming the key."""
 
@@ -124,22 +121,11 @@ def _fields(data: Any, path: str) -> Fields:
 
 def _gateway(data: Any, path: str, resolver: ResourceResolver) -> GatewayConfig:
     f = _fields(data, path)
-    activity_arn = _arn(f, "activity_arn", resolver, required=True)
-    sync_arn = _arn(f, "sync_activity_arn", resolver, required=False)
-    conn = _conn(f.raw("conn_config"), f.key_path("conn_config"))
-    config = GatewayConfig(
-        activity_arn=activity_arn or "",
-        sync_activity_arn=sync_arn,
-        conn=conn,
-        num_connections=f.take("num_connections", int, check=at_least(1)),
-        heartbeat_interval_s=f.take("heartbeat_interval_s", float, 15.0, at_least(1)),
-        failure_mode=f.take("failure_mode", str, "task", one_of("task", "per_file")),
-        allowed_buckets=f.strings("allowed_buckets"),
-        part_size_mb=f.take("part_size_mb", int, 8, at_least(5)),
-        retries=f.take("retries", int, 4, at_least(0)),
-        read_timeout_s=f.take("read_timeout_s", float, 60.0, at_least(1)),
-        shutdown_grace_s=f.take("shutdown_grace_s", float, 20.0, at_least(0)),
-        payload_bucket=f.take("payload_bucket", str, None),
+    config = f.build(
+        GatewayConfig,
+        activity_arn=_arn(f, "activity_arn", resolver, required=True) or "",
+        sync_activity_arn=_arn(f, "sync_activity_arn", resolver, required=False),
+        conn=_conn(f.raw("conn_config"), f.key_path("conn_config")),
         connection_leases=_leases(f.raw("connection_leases", None), f.key_path("connection_leases")),
     )
     f.finish()
@@ -150,12 +136,7 @@ def _leases(data: Any, path: str) -> LeaseConfig | None:
     if data is None:
         return None
     f = _fields(data, path)
-    config = LeaseConfig(
-        table=f.take("table", str, check=_table_name),
-        lease_s=f.take("lease_s", float, 30.0),
-        clock_skew_s=f.take("clock_skew_s", float, 1.0),
-        idle_release_s=f.take("idle_release_s", float, 10.0),
-    )
+    config = f.build(LeaseConfig, checks={"table": _table_name})
     f.finish()
     if config.lease_s < 4 * (config.clock_skew_s + FENCE_MARGIN_S):
         raise ConfigError(
@@ -190,120 +171,11 @@ def _arn(f: Fields, key: str, resolver: ResourceResolver, required: bool) -> str
 
 def _conn(data: Any, path: str) -> ConnConfig:
     f = _fields(data, path)
-    kind = f.take("type", str, check=one_of(*CONN_TYPES))
-    conn: ConnConfig
-    if kind in ("http", "https"):
-        conn = _http(f, kind)
-    elif kind in ("ftp", "ftps"):
-        conn = FtpConnConfig(
-            type=kind,
-            host=f.take("host", str, check=_host_check(allow_port=False)),
-            port=f.take("port", int, 21, at_least(1)),
-            username=f.take("username", str, "anonymous"),
-            password=f.take("password", str, None),
-            passive=f.take("passive", bool, True),
-            timeout_s=f.take("timeout_s", float, 30.0, at_least(1)),
-            verify_tls=f.take("verify_tls", bool, True),
-            ca_bundle=f.take("ca_bundle", str, None),
-        )
-    elif kind == "gridftp":
-        conn = _gridftp(f)
-    else:
-        conn = _sftp(f)
+    kind = f.take("type", str, check=one_of(*protocols.CONN_TYPES))
+    conn = protocols.REGISTRY[kind].read(f, kind)
     check_credentials(conn, f.key_path)
     f.finish()
     return conn
-
-
-def _http(f: Fields, kind: str) -> HttpConnConfig:
-    conn = HttpConnConfig(
-        type=kind,  # type: ignore[arg-type]
-        host=f.take("host", str, None, _host_check(allow_port=True)),
-        username=f.take("username", str, None),
-        password=f.take("password", str, None),
-        token=f.take("token", str, None),
-        headers=f.string_map("headers"),
-        verify_tls=f.take("verify_tls", bool, True),
-        ca_bundle=f.take("ca_bundle", str, None),
-        login_hosts=_origins(f, "login_hosts"),
-        redirect_hosts=_origins(f, "redirect_hosts"),
-        timeout_s=f.take("timeout_s", float, 30.0, at_least(1)),
-    )
-    return conn
-
-
-def _origins(f: Fields, key: str) -> tuple[str, ...]:
-    entries = tuple(h.lower() for h in f.strings(key))
-    for entry in entries:
-        try:
-            parse_origin(entry, wildcard=key == "redirect_hosts")
-        except InvalidRequest as exc:
-            raise ConfigError(f"{f.key_path(key)}: {exc.message}") from None
-    return entries
-
-
-def _sftp(f: Fields) -> SftpConnConfig:
-    conn = SftpConnConfig(
-        type="sftp",
-        host=f.take("host", str, check=_host_check(allow_port=False)),
-        port=f.take("port", int, 22, at_least(1)),
-        username=f.take("username", str),
-        password=f.take("password", str, None),
-        private_key_file=f.take("private_key_file", str, None),
-        private_key_passphrase=f.take("private_key_passphrase", str, None),
-        known_hosts_file=f.take("known_hosts_file", str, None),
-        host_key=f.take("host_key", str, None),
-        insecure_skip_host_key_check=f.take("insecure_skip_host_key_check", bool, False),
-        timeout_s=f.take("timeout_s", float, 30.0, at_least(1)),
-    )
-    if not conn.password and not conn.private_key_file:
-        raise ConfigError(f"{f.key_path('password')}: sftp needs password or private_key_file")
-    if not (conn.known_hosts_file or conn.host_key or conn.insecure_skip_host_key_check):
-        raise ConfigError(
-            f"{f.key_path('known_hosts_file')}: sftp needs known_hosts_file or host_key "
-            "(or insecure_skip_host_key_check: true)"
-        )
-    problem = None
-    if not conn.insecure_skip_host_key_check:
-        problem = settings_problem(conn.known_hosts_file, conn.host_key, conn.host, conn.port)
-    if problem:
-        raise ConfigError(f"{f.key_path(problem[0])}: {problem[1]}")
-    return conn
-
-
-def _gridftp(f: Fields) -> GridftpConnConfig:
-    conn = GridftpConnConfig(
-        type="gridftp",
-        host=f.take("host", str, check=_host_check(allow_port=False)),
-        port=f.take("port", int, 2811, at_least(1)),
-        username=f.take("username", str, None),
-        password=f.take("password", str, None),
-        x509_user_proxy=f.take("x509_user_proxy", str, None),
-        x509_user_cert=f.take("x509_user_cert", str, None),
-        x509_user_key=f.take("x509_user_key", str, None),
-        x509_cert_dir=f.take("x509_cert_dir", str, None),
-        data_channel_auth=f.take("data_channel_auth", bool, True),
-    )
-    if conn.password and not conn.username:
-        raise ConfigError(f"{f.key_path('password')}: a password needs a username")
-    if conn.x509_user_proxy and (conn.x509_user_cert or conn.x509_user_key):
-        raise ConfigError(f"{f.key_path('x509_user_proxy')}: give a proxy or a certificate and key, not both")
-    if conn.x509_user_key and not conn.x509_user_cert:
-        raise ConfigError(f"{f.key_path('x509_user_key')}: a key needs x509_user_cert")
-    return conn
-
-
-def _host_check(allow_port: bool) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if "@" in value:  # user:password@host: the value is not shown
-            return "must be a host name; credentials go in username and password (the value is not shown)"
-        if not _HOST.match(value):
-            return f"must be a host name{' or name:port' if allow_port else ''}; got {value!r}"
-        if not allow_port and urlsplit(f"//{value}").port is not None:
-            return f"must be a host name without a port (use 'port'); got {value!r}"
-        return None
-
-    return check
 
 
 def cloudformation_resolver(client_factory: Callable[[], Any] | None = None) -> ResourceResolver:
@@ -328,8 +200,8 @@ def cloudformation_resolver(client_factory: Callable[[], Any] | None = None) -> 
         for logical_id in (name, f"{stack}{name}"):
             try:
                 found = client.describe_stack_resources(StackName=stack, LogicalResourceId=logical_id)
-            except Exception as exc:
-                if "does not exist" in str(exc):
+            except (ClientError, BotoCoreError) as exc:
+                if _not_found(exc):
                     continue
                 raise ConfigError(f"!GitcResource {name}: cannot query stack {stack}: {exc}") from exc
             resources = found.get("StackResources", [])
@@ -339,6 +211,11 @@ def cloudformation_resolver(client_factory: Callable[[], Any] | None = None) -> 
         raise ConfigError(f"!GitcResource {name}: no resource {name} or {stack}{name} in stack {stack}")
 
     return resolve
+
+
+def _not_found(exc: Exception) -> bool:
+    """Whether CloudFormation answered that the resource (or the stack) does not exist: a ValidationError."""
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == "ValidationError"
 
 
 def unresolved_resources(name: str) -> str:

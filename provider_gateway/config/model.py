@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from provider_gateway.urls import DEFAULT_PORTS
+
+if TYPE_CHECKING:
+    from provider_gateway.transfer.copy import CopyOptions
 
 FailureMode = Literal["task", "per_file"]
 
@@ -16,6 +21,14 @@ FailureMode = Literal["task", "per_file"]
 FENCE_MARGIN_S = 2.0
 
 SECRET_MASK = "****"  # noqa: S105 - the mask shown instead of a secret
+
+
+def field_default(cls: type[Any], name: str) -> Any:
+    """The default of the dataclass field ``cls.name``; :data:`dataclasses.MISSING` when it is required."""
+    found = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if found.default_factory is not dataclasses.MISSING:
+        return found.default_factory()
+    return found.default
 
 
 def secret() -> Any:
@@ -46,7 +59,7 @@ class FtpConnConfig:
 
     type: Literal["ftp", "ftps"]
     host: str
-    port: int = 21
+    port: int = DEFAULT_PORTS["ftp"]
     username: str = "anonymous"
     password: str | None = secret()
     passive: bool = True
@@ -62,7 +75,7 @@ class SftpConnConfig:
     type: Literal["sftp"]
     host: str
     username: str
-    port: int = 22
+    port: int = DEFAULT_PORTS["sftp"]
     password: str | None = secret()
     private_key_file: str | None = None
     private_key_passphrase: str | None = secret()
@@ -70,6 +83,7 @@ class SftpConnConfig:
     host_key: str | None = None
     insecure_skip_host_key_check: bool = False
     timeout_s: float = 30.0
+    files_in_flight: int = 4  # files read at once over each connection's one SSH session (docs/performance.md)
 
 
 @dataclass(frozen=True)
@@ -84,7 +98,7 @@ class GridftpConnConfig:
 
     type: Literal["gridftp"]
     host: str
-    port: int = 2811
+    port: int = DEFAULT_PORTS["gsiftp"]
     username: str | None = None
     password: str | None = secret()
     x509_user_proxy: str | None = None
@@ -146,6 +160,28 @@ class GatewayConfig:
     shutdown_grace_s: float = 20.0
     payload_bucket: str | None = None
     connection_leases: LeaseConfig | None = None
+
+    @property
+    def connection_settings(self) -> ConnectionSettings:
+        """What every connection to this provider honours."""
+        return ConnectionSettings(read_timeout_s=self.read_timeout_s)
+
+    @property
+    def copy_options(self) -> CopyOptions:
+        """How this provider's files are copied: the smallest part and the retries."""
+        # The transfer layer sits above this one, so it is imported only when asked for.
+        from provider_gateway.transfer.copy import CopyOptions
+        from provider_gateway.transfer.s3upload import MiB
+
+        return CopyOptions(min_part_size=self.part_size_mb * MiB, retries=self.retries)
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Provider-wide settings that every protocol honours (a provider's: :attr:`GatewayConfig.connection_settings`)."""
+
+    read_timeout_s: float = field_default(GatewayConfig, "read_timeout_s")
+    user_agent: str = "provider-gateway"
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from provider_gateway.errors import TASK_GONE
+
 log = logging.getLogger(__name__)
 
-# Answers meaning Step Functions no longer waits for this task.
-TASK_GONE = {"TaskTimedOut", "TaskDoesNotExist", "InvalidToken"}
+__all__ = ["TASK_GONE", "Heartbeat"]
 
 
 class Heartbeat:

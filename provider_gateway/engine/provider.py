@@ -23,9 +23,7 @@ from provider_gateway.errors import ConfigError, GatewayError, GatewayShutdown, 
 from provider_gateway.leases import LeasedFactory, LeaseSlots, LeaseTable
 from provider_gateway.messages import DownloadTask, FileResult, parse_download_task, parse_sync_task
 from provider_gateway.ops.metrics import Metrics
-from provider_gateway.protocols import ConnectionFactory, ConnectionSettings, check_url, connection_factory
-from provider_gateway.transfer.copy import CopyOptions
-from provider_gateway.transfer.s3upload import MiB
+from provider_gateway.protocols import ConnectionFactory, check_url, connection_factory
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +98,10 @@ class ProviderRuntime:
         return ConnectionWorker(
             gateway.conn,
             self._factory(),
-            ConnectionSettings(read_timeout_s=gateway.read_timeout_s),
+            gateway.connection_settings,
             self.queue,
             self._s3,
-            CopyOptions(min_part_size=gateway.part_size_mb * MiB, retries=gateway.retries),
+            gateway.copy_options,
             name=name,
             events=self.events,
             idle_release_s=leases.idle_release_s if leases is not None else None,
@@ -219,7 +217,7 @@ class ProviderRuntime:
         for run in runs:
             run.cancel(reason)
         for job in self.queue.drain():
-            job.run.file_done(job.request, FileResult(False, error_code=reason.code, error=reason.message))
+            job.run.file_done(job.request, FileResult.failed(reason))
 
     def give_up_all(self, reason: GatewayError) -> list[TaskRun]:
         """Answer every task still in flight with ``reason`` without waiting for its transfers; returns them."""

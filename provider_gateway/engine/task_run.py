@@ -103,7 +103,7 @@ class TaskRun:
     def give_up(self, reason: GatewayError) -> None:
         """Answer now with ``reason`` for every file still running (its transfer did not end when aborted)."""
         self.cancel(reason)
-        failed = FileResult(False, error_code=reason.code, error=reason.message)
+        failed = FileResult.failed(reason)
         with self._lock:
             missing = [i for i, result in enumerate(self._results) if result is None]
             for index in missing:

@@ -13,7 +13,7 @@ from provider_gateway.config.model import ConnConfig
 from provider_gateway.engine.events import Events, FileProgress
 from provider_gateway.engine.task_run import FileJob, TaskRun
 from provider_gateway.engine.work_queue import WorkQueue
-from provider_gateway.errors import InternalError
+from provider_gateway.errors import InternalError, codes_where
 from provider_gateway.messages import FileResult
 from provider_gateway.protocols import Connection, ConnectionFactory, ConnectionSettings
 from provider_gateway.transfer.copy import CopyOptions, copy_file, settle
@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 # Small files whose PutObject may still run while the connection fetches the next ones.
 PUTS_IN_FLIGHT = 2
 
-# A failure with one of these codes may have broken the connection: replace it.
-_RECONNECT_CODES = {"SourceUnavailable", "GatewayInternalError", "TaskCancelled", "GatewayShutdown"}
+# A failure with one of these codes may have broken the connection: replace it (see GatewayError.drops_connection).
+_RECONNECT_CODES = frozenset(codes_where(lambda error: error.drops_connection))
 
 
 class ConnectionWorker:
@@ -138,7 +138,7 @@ class ConnectionWorker:
         run, request = job.run, job.request
         reason = run.cancelled()
         if reason is not None:
-            run.file_done(request, FileResult(False, error_code=reason.code, error=reason.message))
+            run.file_done(request, FileResult.failed(reason))
             return
         progress = self._events.file_started(run.label, request)
         self.progress = progress
@@ -211,4 +211,4 @@ class _Serving:
 
 def _internal_failure(exc: BaseException, prefix: str = "") -> FileResult:
     error = InternalError(f"{prefix}{type(exc).__name__}: {exc}"[:1000])
-    return FileResult(False, error_code=error.code, error=error.message)
+    return FileResult.failed(error)

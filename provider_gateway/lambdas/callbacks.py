@@ -37,7 +37,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from provider_gateway import json_input
-from provider_gateway.errors import InvalidRequest
+from provider_gateway.errors import TASK_GONE, InvalidRequest
 from provider_gateway.lambdas.environment import (
     DEFAULT_CALLBACK_TTL_S,
     clients,
@@ -54,7 +54,6 @@ PROVIDER_FAILED = "ProviderFailed"
 READY, FAILED, IN_PROGRESS = "ready", "failed", "in_progress"
 STATUSES = {READY: READY, FAILED: FAILED, "failure": FAILED, "error": FAILED, IN_PROGRESS: IN_PROGRESS}
 """Each ``status`` a provider may send, and what it means."""
-_GONE_CODES = {"TaskTimedOut", "TaskDoesNotExist", "InvalidToken"}
 
 
 def _table() -> Any:
@@ -194,7 +193,7 @@ def _claim(table: Any, item: dict[str, Any]) -> bool:
 
 def _gone_or_retry(table: Any, item: dict[str, Any], exc: ClientError, claimed: bool) -> dict[str, Any]:
     code = exc.response["Error"]["Code"]
-    if code in _GONE_CODES:
+    if code in TASK_GONE:
         if not claimed:
             table.delete_item(Key={"callback_id": item["callback_id"]})
         return _answer(404, "the workflow no longer waits for this callback")

@@ -135,19 +135,19 @@ def _start_providers(stack: ExitStack, files: dict[str, bytes]) -> list[DemoProv
             "HTTP_PROV",
             {"type": "http", "host": http.host},
             f"{http.base_url}/MODIS/",
-            lambda: (http.connections_total, http.connections_max),
+            lambda: (http.connections.total, http.connections.max),
         ),
         DemoProvider(
             "FTP_PROV",
             {"type": "ftp", "host": "127.0.0.1", "port": ftp.port, **login},
             f"ftp://127.0.0.1:{ftp.port}/",
-            lambda: (ftp.sessions_total, ftp.sessions_max),
+            lambda: (ftp.connections.total, ftp.connections.max),
         ),
         DemoProvider(
             "SFTP_PROV",
             {"type": "sftp", "host": "127.0.0.1", "port": sftp.port, "host_key": sftp.host_key_line, **login},
             f"sftp://127.0.0.1:{sftp.port}/",
-            lambda: (sftp.sessions_total, sftp.sessions_max),
+            lambda: (sftp.connections.total, sftp.connections.max),
         ),
     ]
 

@@ -24,6 +24,8 @@ from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer
 
+from provider_gateway.local.tally import ConnectionTally
+
 
 class FileFTPServer:
     """pyftpdlib serving ``root`` to ``user``/``password`` (and anonymous if asked)."""
@@ -39,9 +41,7 @@ class FileFTPServer:
         self.root = root
         self.user = user
         self.password = password
-        self.sessions_total = 0
-        self.sessions_open = 0
-        self.sessions_max = 0
+        self.connections = ConnectionTally()
         self.logins = 0
         self.retrieved: list[str] = []
         self.bytes_served = 0
@@ -127,15 +127,13 @@ class FileFTPServer:
     def _opened(self, handler: Any) -> None:
         with self._lock:
             self._handlers.add(handler)
-            self.sessions_total += 1
-            self.sessions_open += 1
-            self.sessions_max = max(self.sessions_max, self.sessions_open)
+            self.connections.opened()
 
     def _closed(self, handler: Any) -> None:
         with self._lock:
             if handler in self._handlers:
                 self._handlers.discard(handler)
-                self.sessions_open -= 1
+                self.connections.closed()
 
     @property
     def port(self) -> int:

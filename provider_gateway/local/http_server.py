@@ -18,6 +18,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from provider_gateway.local.tally import ConnectionTally
+
 CHUNK = 256 * 1024
 
 
@@ -39,9 +41,7 @@ class FileHTTPServer(ThreadingHTTPServer):
             "Basic " + base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode() if basic_auth else None
         )
         self.rate = rate_bytes_per_s
-        self.connections_total = 0
-        self.connections_open = 0
-        self.connections_max = 0
+        self.connections = ConnectionTally()
         self.requests: list[str] = []
         self.bytes_served = 0
         # Fault injection: path -> fractions of the file at which to reset the connection, once each.
@@ -97,15 +97,13 @@ class FileHTTPServer(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._lock:
-            self.connections_total += 1
-            self.connections_open += 1
-            self.connections_max = max(self.connections_max, self.connections_open)
+            self.connections.opened()
             self._live.add(request)
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
         with self._lock:
-            self.connections_open -= 1
+            self.connections.closed()
             self._live.discard(request)
         super().shutdown_request(request)
 

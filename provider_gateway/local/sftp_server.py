@@ -24,6 +24,8 @@ from paramiko.common import (
 )
 from paramiko.sftp import SFTP_NO_SUCH_FILE, SFTP_OK, SFTP_PERMISSION_DENIED
 
+from provider_gateway.local.tally import ConnectionTally
+
 _SERVER_LOG = "provider_gateway.local.sftp_server"
 logging.getLogger(_SERVER_LOG).setLevel(logging.CRITICAL)
 
@@ -122,9 +124,7 @@ class InProcessSFTPServer:
         self.password = password
         self.authorized_key = authorized_key
         self.host_key = paramiko.Ed25519Key.from_private_key(_fresh_ed25519())
-        self.sessions_total = 0
-        self.sessions_open = 0
-        self.sessions_max = 0
+        self.connections = ConnectionTally()
         self.logins = 0
         self._lock = threading.Lock()
         self._transports: list[paramiko.Transport] = []
@@ -164,9 +164,7 @@ class InProcessSFTPServer:
         transport.set_subsystem_handler("sftp", paramiko.SFTPServer, _DirectorySFTP, root=self.root)
         with self._lock:
             self._transports.append(transport)
-            self.sessions_total += 1
-            self.sessions_open += 1
-            self.sessions_max = max(self.sessions_max, self.sessions_open)
+            self.connections.opened()
         try:
             transport.start_server(server=_Auth(self))
             while transport.is_active() and not self._stopping.is_set():
@@ -176,7 +174,7 @@ class InProcessSFTPServer:
         finally:
             transport.close()
             with self._lock:
-                self.sessions_open -= 1
+                self.connections.closed()
 
     def drop_sessions(self) -> int:
         """Close every SSH connection now; returns how many were open."""

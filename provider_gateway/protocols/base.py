@@ -8,16 +8,10 @@ layer only as :class:`~provider_gateway.errors.GatewayError` subclasses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-
-@dataclass(frozen=True)
-class ConnectionSettings:
-    """Provider-wide settings that every protocol honours."""
-
-    read_timeout_s: float = 60.0
-    user_agent: str = "provider-gateway"
+# Built from the provider's config (GatewayConfig.connection_settings), so its defaults are the config's.
+from provider_gateway.config.model import ConnectionSettings as ConnectionSettings
 
 
 class SourceStream(Protocol):

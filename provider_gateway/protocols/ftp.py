@@ -34,6 +34,7 @@ from provider_gateway.errors import (
     SourceUnavailable,
 )
 from provider_gateway.protocols.base import ConnectionSettings
+from provider_gateway.protocols.spec import ProtocolSpec, UrlSettings, present
 from provider_gateway.urls import url_path
 
 # Checked with NOOP before reuse after this long without traffic.
@@ -281,3 +282,21 @@ class FtpConnection:
             pass
         finally:
             self._ftp.close()
+
+
+def _from_url(url: UrlSettings) -> FtpConnConfig:
+    return FtpConnConfig(
+        type=url.type,  # type: ignore[arg-type]
+        host=url.host,
+        password=url.password,
+        **present(port=url.port, username=url.username, ca_bundle=url.ca_bundle),
+    )
+
+
+SPEC = ProtocolSpec(
+    schemes={"ftp": ("ftp",), "ftps": ("ftp", "ftps")},
+    url_types={"ftp": "ftp", "ftps": "ftps"},
+    config_class=FtpConnConfig,
+    connect=FtpConnection,
+    from_url=_from_url,
+)

@@ -28,9 +28,11 @@ import subprocess
 import threading
 from urllib.parse import quote, urlsplit
 
+from provider_gateway.config.fields import Fields
 from provider_gateway.config.model import GridftpConnConfig
-from provider_gateway.errors import GatewayError, SourceAccessDenied, SourceNotFound, SourceUnavailable
+from provider_gateway.errors import ConfigError, GatewayError, SourceAccessDenied, SourceNotFound, SourceUnavailable
 from provider_gateway.protocols.base import ConnectionSettings
+from provider_gateway.protocols.spec import ProtocolSpec, UrlSettings, present, read_fields
 
 PROGRAM = "globus-url-copy"
 PIPE_SIZE = 1 << 20  # fewer, larger reads than the default 64 KiB pipe
@@ -232,3 +234,30 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def _read_config(fields: Fields, kind: str) -> GridftpConnConfig:
+    conn = read_fields(fields, GridftpConnConfig, kind)
+    if conn.password and not conn.username:
+        raise ConfigError(f"{fields.key_path('password')}: a password needs a username")
+    if conn.x509_user_proxy and (conn.x509_user_cert or conn.x509_user_key):
+        raise ConfigError(f"{fields.key_path('x509_user_proxy')}: give a proxy or a certificate and key, not both")
+    if conn.x509_user_key and not conn.x509_user_cert:
+        raise ConfigError(f"{fields.key_path('x509_user_key')}: a key needs x509_user_cert")
+    return conn
+
+
+def _from_url(url: UrlSettings) -> GridftpConnConfig:
+    # The X.509 credential comes from the standard X509_* variables, as for globus-url-copy itself.
+    return GridftpConnConfig(type="gridftp", host=url.host, username=url.username, **present(port=url.port))
+
+
+SPEC = ProtocolSpec(
+    schemes={"gridftp": ("gsiftp", "ftp")},
+    url_types={"gsiftp": "gridftp"},
+    config_class=GridftpConnConfig,
+    connect=GridftpConnection,
+    from_url=_from_url,
+    read_config=_read_config,
+    ready=program,
+)

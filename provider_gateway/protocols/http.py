@@ -38,8 +38,10 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from provider_gateway import __version__
+from provider_gateway.config.fields import Fields
 from provider_gateway.config.model import HttpConnConfig
 from provider_gateway.errors import (
+    ConfigError,
     GatewayError,
     InvalidRequest,
     ResumeUnsupported,
@@ -48,7 +50,8 @@ from provider_gateway.errors import (
     SourceUnavailable,
 )
 from provider_gateway.protocols.base import ConnectionSettings
-from provider_gateway.protocols.urls import SCHEMES, provider_host
+from provider_gateway.protocols.spec import ProtocolSpec, UrlSettings, read_fields
+from provider_gateway.protocols.urls import provider_host
 from provider_gateway.urls import DEFAULT_PORTS, Url, parse_origin, parse_url, redact_text, redact_url
 
 MAX_REDIRECTS = 10
@@ -359,3 +362,40 @@ def _reason(exc: BaseException) -> str:
     """A short description of a transport failure, with credentials in any URL masked."""
     text = redact_text(str(exc))
     return text if len(text) < 300 else text[:300] + "..."
+
+
+def _origins(fields: Fields, key: str) -> tuple[str, ...]:
+    entries = tuple(h.lower() for h in fields.strings(key))
+    for entry in entries:
+        try:
+            parse_origin(entry, wildcard=key == "redirect_hosts")
+        except InvalidRequest as exc:
+            raise ConfigError(f"{fields.key_path(key)}: {exc.message}") from None
+    return entries
+
+
+def _read_config(fields: Fields, kind: str) -> HttpConnConfig:
+    login_hosts = _origins(fields, "login_hosts")
+    redirect_hosts = _origins(fields, "redirect_hosts")
+    return read_fields(fields, HttpConnConfig, kind, login_hosts=login_hosts, redirect_hosts=redirect_hosts)
+
+
+def _from_url(url: UrlSettings) -> HttpConnConfig:
+    return HttpConnConfig(
+        type=url.type,  # type: ignore[arg-type]
+        host=url.netloc,
+        username=url.username,
+        password=url.password,
+        ca_bundle=url.ca_bundle,
+    )
+
+
+SPEC = ProtocolSpec(
+    schemes={"http": ("http", "https"), "https": ("https",)},
+    url_types={"http": "http", "https": "https"},
+    config_class=HttpConnConfig,
+    connect=HttpConnection,
+    from_url=_from_url,
+    read_config=_read_config,
+)
+SCHEMES = SPEC.schemes  # what the credentials of each type are scoped to

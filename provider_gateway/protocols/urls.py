@@ -6,24 +6,13 @@ from provider_gateway.config.model import ConnConfig, HttpConnConfig
 from provider_gateway.errors import InvalidRequest
 from provider_gateway.urls import DEFAULT_PORTS, Url, parse_url, redact_url, split_host_port
 
-SCHEMES: dict[str, tuple[str, ...]] = {
-    "http": ("http", "https"),
-    "https": ("https",),
-    "ftp": ("ftp",),
-    "ftps": ("ftp", "ftps"),
-    "sftp": ("sftp",),
-    "gridftp": ("gsiftp", "ftp"),
-}
 
+def check_provider_url(conn: ConnConfig, url: str, allowed: tuple[str, ...]) -> Url:
+    """The parsed URL; InvalidRequest unless its scheme is one of ``allowed`` and its host and port ``conn``'s.
 
-def check_url(conn: ConnConfig, url: str) -> Url:
-    """The parsed URL; InvalidRequest unless its scheme, host and port are this provider's.
-
-    The returned :class:`~provider_gateway.urls.Url` is the one the protocols
-    connect to, so what was checked is what is fetched.
+    (:func:`provider_gateway.protocols.check_url` passes the schemes of ``conn.type``.)
     """
     parsed = parse_url(url)
-    allowed = SCHEMES[conn.type]
     if parsed.scheme not in allowed:
         raise InvalidRequest(
             f"scheme {parsed.scheme!r} of {redact_url(url)!r} is not served by this {conn.type} provider "

@@ -14,6 +14,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from provider_gateway.config.model import GatewayConfig, field_default
 from provider_gateway.errors import GatewayError, InternalError, ResumeUnsupported
 from provider_gateway.messages import Checksum, FileRequest, FileResult, parse_sidecar
 from provider_gateway.protocols.base import Connection, SourceStream
@@ -28,10 +29,10 @@ SIDECAR_MAX_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class CopyOptions:
-    """How a provider's files are copied."""
+    """How a provider's files are copied (a provider's: :attr:`GatewayConfig.copy_options`)."""
 
-    min_part_size: int = 8 * MiB
-    retries: int = 4
+    min_part_size: int = field_default(GatewayConfig, "part_size_mb") * MiB
+    retries: int = field_default(GatewayConfig, "retries")
     retry_wait_max_s: float = 10.0
 
 
@@ -60,11 +61,11 @@ def settle(outcome: CopyOutcome) -> FileResult:
     try:
         outcome.pending.result()
     except GatewayError as exc:
-        return FileResult(success=False, error_code=exc.code, error=exc.message)
+        return FileResult.failed(exc)
     except Exception as exc:  # a bug in the upload must fail the file, not leave it unanswered
         log.exception("unexpected failure writing a small file")
         error = InternalError(f"{type(exc).__name__}: {exc}")
-        return FileResult(success=False, error_code=error.code, error=error.message)
+        return FileResult.failed(error)
     return outcome.result
 
 
@@ -100,14 +101,14 @@ def copy_file(
         reason = cancelled()
         # A cancel's reason wins over what the aborted connection raised (but not over a final answer).
         error = reason if reason is not None and exc.retryable else exc
-        result = FileResult(success=False, error_code=error.code, error=error.message)
+        result = FileResult.failed(error)
     except Exception as exc:
         error = cancelled() or InternalError(f"{type(exc).__name__}: {exc}")
         if not isinstance(error, InternalError):  # a library's error from the connection it was aborted in
             log.debug("copy of a cancelled task's file ended with %r", exc)
         else:  # a bug must fail one file, not the connection thread
             log.exception("unexpected failure copying %s", redact_url(request.url))
-        result = FileResult(success=False, error_code=error.code, error=error.message)
+        result = FileResult.failed(error)
     return CopyOutcome(result=result, seconds=time.monotonic() - started, pending=copier.pending)
 
 

@@ -1,4 +1,7 @@
-"""``provider-gateway download``: one file into S3, a JSON line, an exit status per error code."""
+"""Running ``provider-gateway download``: one file into S3, a JSON line, an exit status per error code.
+
+Imported only when the command runs, so that the other commands start without the transfer code.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ from tqdm import tqdm
 from provider_gateway import one_file
 from provider_gateway.aws import AwsClients
 from provider_gateway.config import Config
-from provider_gateway.errors import GatewayError
-from provider_gateway.messages import FileRequest
+from provider_gateway.errors import GatewayError, exit_status
+from provider_gateway.messages import Checksum, FileRequest, FileResult, result_fields
 from provider_gateway.urls import redact_url
 
 
@@ -50,7 +53,7 @@ def run_download(
             key,
             version=version,
             size=size,
-            checksum=one_file.parse_checksum(checksum) if checksum else None,
+            checksum=Checksum.from_text(checksum) if checksum else None,
         )
     except GatewayError as exc:
         return _refused(source_url, target, exc)
@@ -72,20 +75,20 @@ def run_download(
             bar.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    line = one_file.result_line(request, outcome)
-    click.echo(json.dumps(line))
-    result = outcome.result
-    if not result.success:
-        click.echo(f"error: {result.error_code}: {result.error}", err=True)
-    return one_file.exit_status(result.error_code)
+    return _report(one_file.result_line(request, outcome), outcome.result)
 
 
 def _refused(source_url: str, target: str, exc: GatewayError) -> int:
-    line = {"source": redact_url(source_url), "target": target, "success": False, "bytes": 0}
-    line.update(error_code=exc.code, error=exc.message)
+    result = FileResult.failed(exc)
+    return _report({"source": redact_url(source_url), "target": target, **result_fields(result)}, result)
+
+
+def _report(line: dict[str, Any], result: FileResult) -> int:
+    """Print the JSON line (and a failure's code and message on stderr); return the exit status."""
     click.echo(json.dumps(line))
-    click.echo(f"error: {exc.code}: {exc.message}", err=True)
-    return one_file.exit_status(exc.code)
+    if not result.success:
+        click.echo(f"error: {result.error_code}: {result.error}", err=True)
+    return exit_status(result.error_code)
 
 
 def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:

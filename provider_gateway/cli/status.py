@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
-import requests
 
 TIMEOUT_S = 5.0
 
 
+@click.command()
+@click.option(
+    "--url",
+    default="http://127.0.0.1:9108",
+    show_default=True,
+    help="The running gateway's metrics endpoint (run --metrics-port).",
+)
+@click.option("--check", is_flag=True, help="Print nothing; exit 0 if healthy, 1 if not (container HEALTHCHECK).")
+def status(url: str, check: bool) -> None:
+    """Show a running gateway's providers: connections busy or idle, files in flight, health."""
+    sys.exit(show_status(url, check))
+
+
 def show_status(url: str, check: bool) -> int:
     """Print the table (or, with ``check``, nothing); 0 if healthy, 1 if not or unreachable."""
+    import requests  # here, so that the other commands start without it
+
     base = url.rstrip("/")
     try:
         if check:
