@@ -7,16 +7,47 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from provider_gateway.local.executions import wait_for_execution
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/provider-gateway-tests"
-RETRYABLE = ["SourceUnavailable", "IntegrityError", "GatewayShutdown"]
+POLL_S = 0.05
+
+T = TypeVar("T")
+
+
+def wait_until(
+    check: Callable[[], T | None],
+    what: str,
+    timeout_s: float = 30,
+    ignoring: tuple[type[Exception], ...] = (),
+) -> T:
+    """The first truthy value ``check()`` returns, asked every POLL_S; fails after ``timeout_s``.
+
+    An exception of a type in ``ignoring`` counts as not yet (an endpoint still starting).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            value = check()
+        except ignoring:
+            value = None
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(POLL_S)
+
+
+def metrics_args(port: int) -> tuple[str, ...]:
+    """``run`` arguments serving /metrics, /healthz and /status on ``port`` of loopback."""
+    return ("--metrics-port", str(port), "--metrics-host", "127.0.0.1")
 
 
 def cli_path() -> str:

@@ -437,7 +437,7 @@ def test_a_bad_checksum_is_refused_with_status_2_before_the_provider_is_asked(
     with FileHTTPServer() as server:
         server.files["/f.bin"] = b"x" * 1000
         done = run_download(aws_env, server.url("/f.bin"), f"s3://{bucket}/f.bin", "--checksum", checksum)
-        asked = (server.connections_total, list(server.requests))
+        asked = (server.connections.total, list(server.requests))
     assert done.returncode == 2, (done.stdout, done.stderr)
     line = json_line(done)
     assert line["error_code"] == "InvalidRequest" and "--checksum" in line["error"]
@@ -451,7 +451,7 @@ def test_a_well_formed_but_wrong_checksum_reaches_the_provider_and_fails_with_st
     with FileHTTPServer() as server:
         server.files["/f.bin"] = b"x" * 1000
         done = run_download(aws_env, server.url("/f.bin"), f"s3://{bucket}/f.bin", "--checksum", "MD5:" + "0" * 32)
-        asked = server.connections_total
+        asked = server.connections.total
     assert done.returncode == 6, (done.stdout, done.stderr)
     assert json_line(done)["error_code"] == "IntegrityError"
     assert asked >= 1

@@ -9,16 +9,27 @@ from typing import Any
 
 import pytest
 
+from provider_gateway.engine.heartbeat import Heartbeat
 from provider_gateway.engine.responder import Responder
-from provider_gateway.engine.task_run import TaskRun
-from provider_gateway.errors import GatewayShutdown
+from provider_gateway.engine.task_run import AnswerCallback, TaskRun
+from provider_gateway.errors import GatewayShutdown, TaskCancelled
 from provider_gateway.messages import FileResult
 from tests.engine_fakes import FakeConnection, FakeS3, FakeSfn, client_error, download_task
 
 
-def _run(sfn: FakeSfn, files: int, entry: dict[str, Any] | None = None, mode: str = "task") -> TaskRun:
+def _run(
+    sfn: FakeSfn,
+    files: int,
+    entry: dict[str, Any] | None = None,
+    mode: str = "task",
+    on_answered: AnswerCallback | None = None,
+    heartbeat: Heartbeat | None = None,
+) -> TaskRun:
     responder = Responder(sfn, FakeS3(), "prov", None, sleep=lambda _: None)
-    return TaskRun("token-0123456789abcdef", download_task(files, entry), responder, mode, label="t")  # type: ignore[arg-type]
+    task = download_task(files, entry)
+    return TaskRun(
+        "token-0123456789abcdef", task, responder, mode, label="t", on_answered=on_answered, heartbeat=heartbeat
+    )  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -26,9 +37,8 @@ def test_one_answer_whatever_the_order_of_file_results_and_cancels(seed: int) ->
     rnd = random.Random(seed)
     sfn = FakeSfn()
     files = rnd.randint(1, 6)
-    run = _run(sfn, files)
     answered: list[str | None] = []
-    run.on_answered = lambda code, _files, _failed: answered.append(code)
+    run = _run(sfn, files, on_answered=lambda _run, code, _files, _failed: answered.append(code))
     cancels = rnd.randint(0, 3)
     actions: list[Any] = [
         lambda i=i: run.file_done(
@@ -141,3 +151,63 @@ def test_giving_up_answers_the_files_still_running_once() -> None:
     [(method, call)] = sfn.answers()
     assert (method, call["error"]) == ("send_task_failure", "GatewayShutdown")
     assert json.loads(call["cause"])["files"][0]["success"] is True
+
+
+class _RecordingHeartbeat:
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    def stop(self) -> None:
+        self.seen.append("heartbeat stopped")
+
+
+def test_the_answer_stops_the_heartbeat_then_tells_on_answered_once() -> None:
+    sfn = FakeSfn()
+    seen: list[Any] = []
+    run = _run(
+        sfn,
+        3,
+        mode="per_file",
+        on_answered=lambda answered, code, files, failed: seen.append((answered, code, files, failed)),
+        heartbeat=_RecordingHeartbeat(seen),  # type: ignore[arg-type]
+    )
+    run.file_done(run.task.files[0], FileResult(True, bytes=1))
+    run.file_done(run.task.files[2], FileResult(False, error_code="SourceNotFound", error="gone"))
+    assert seen == [] and not run.finished.is_set()
+    run.file_done(run.task.files[1], FileResult(True, bytes=1))
+    run.answer()  # a second answer is never sent nor told
+    assert seen == ["heartbeat stopped", (run, None, 3, 1)]
+    assert run.finished.is_set()
+    assert [m for m, _ in sfn.answers()] == ["send_task_success"]
+
+
+def test_a_failing_on_answered_still_stops_the_heartbeat_and_finishes_the_run() -> None:
+    sfn = FakeSfn()
+    seen: list[str] = []
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("a bug")
+
+    run = _run(sfn, 1, on_answered=broken, heartbeat=_RecordingHeartbeat(seen))  # type: ignore[arg-type]
+    run.cancel(GatewayShutdown("stop"))
+    run.file_done(run.task.files[0], FileResult(False, error_code="GatewayShutdown", error="stop"))
+    assert run.finished.is_set() and seen == ["heartbeat stopped"]
+    [(method, call)] = sfn.answers()
+    assert (method, call["error"]) == ("send_task_failure", "GatewayShutdown")
+
+
+def test_a_heartbeat_told_the_task_timed_out_cancels_the_run_it_was_built_for() -> None:
+    sfn = FakeSfn()
+    sfn.always_fail["send_task_heartbeat"] = client_error("TaskTimedOut", operation="SendTaskHeartbeat")
+    token = "token-0123456789abcdef"
+    heartbeat = Heartbeat(
+        sfn, token, 0.001, on_lost=lambda code: run.cancel(TaskCancelled(f"Step Functions answered {code}")), name="hb"
+    )
+    run = _run(sfn, 1, heartbeat=heartbeat)
+    connection = FakeConnection()
+    run.attach(connection)
+    heartbeat.start()
+    assert run.stop.wait(5)
+    reason = run.cancelled()
+    assert reason is not None and reason.code == "TaskCancelled" and "TaskTimedOut" in reason.message
+    assert connection.aborts == 1

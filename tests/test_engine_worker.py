@@ -52,14 +52,12 @@ def test_task_timed_out_on_a_heartbeat_aborts_the_blocked_read_and_answers_once(
     sfn = FakeSfn()
     provider = _Provider(sfn)
     task = download_task(1)
-    run = TaskRun("token-0123456789abcdef", task, provider.responder, "task", label="t")
-    run.heartbeat = Heartbeat(
-        sfn,
-        run.token,
-        0.005,
-        on_lost=lambda code: run.cancel(TaskCancelled(f"Step Functions answered {code}")),
-        name="hb",
-    ).start()
+    token = "token-0123456789abcdef"
+    heartbeat = Heartbeat(
+        sfn, token, 0.005, on_lost=lambda code: run.cancel(TaskCancelled(f"Step Functions answered {code}")), name="hb"
+    )
+    run = TaskRun(token, task, provider.responder, "task", label="t", heartbeat=heartbeat)
+    heartbeat.start()
     provider.submit(run)
     assert sfn.wait_for(lambda: bool(provider.connections) and provider.connections[0].reading.is_set())
 

@@ -16,9 +16,11 @@ from provider_gateway.local.http_server import FileHTTPServer
 from provider_gateway.local.stack import LocalStack
 from tests.conftest import GatewayFactory
 from tests.servers import SSHD, CountingProxy, FaultyS3Proxy, Sshd
-from tests.support import create_activity, create_state_machine, download_message, start, wait_done
+from tests.support import create_activity, create_state_machine, download_message, start, wait_done, wait_until
 
 MiB = 1024 * 1024
+# How long the provider killed mid-batch stays down.
+OUTAGE_S = 1.5
 
 
 def test_http_resets_at_30_60_90_percent_are_healed_by_range_resumes(
@@ -170,11 +172,10 @@ def test_provider_killed_and_restarted_during_a_batch_of_twenty(
     gateway(activity, {"type": "http", "host": first.host}, num_connections=2, retries=6)
     machine = create_state_machine(sfn, activity)
     executions = [start(sfn, machine, download_message([(first.url(p), bucket, p[1:])])) for p in files]
-    while first.connections.total == 0 or len(first.requests) < 4:
-        time.sleep(0.05)
+    wait_until(lambda: first.connections.total > 0 and len(first.requests) >= 4, "four files requested")
     first.kill()  # mid-batch, connections and all
     most_first = first.connections.max
-    time.sleep(1.5)
+    time.sleep(OUTAGE_S)  # the fault itself: the provider stays down this long
     with FileHTTPServer(files, rate_bytes_per_s=4 * MiB, port=port) as second:
         results = [wait_done(sfn, arn, timeout_s=120) for arn in executions]
         most_second = second.connections.max
@@ -187,7 +188,7 @@ def test_provider_killed_and_restarted_during_a_batch_of_twenty(
             assert s3.get_object(Bucket=bucket, Key=path[1:])["Body"].read() == files[path]
         else:
             assert listed == []
-    assert outcomes.count(("SUCCEEDED", None)) >= 18  # a retry budget of 6 outlasts a 1.5 s outage
+    assert outcomes.count(("SUCCEEDED", None)) >= 18  # a retry budget of 6 outlasts the outage
     assert max(most_first, most_second) <= 2
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 

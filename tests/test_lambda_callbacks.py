@@ -111,11 +111,19 @@ def test_a_wrong_signature_is_403_and_leaves_the_callback_usable(
 def test_unknown_and_expired_ids_are_404(aws: dict[str, Any], callback_env: dict[str, str]) -> None:
     assert callbacks.receive(signed("no-such-id", "x", {}))["statusCode"] == 404
     assert callbacks.receive(signed("", "x", {}))["statusCode"] == 404
-    registered = callbacks.register({"task_token": "token-of-a-task", "execution": "e", "ttl_s": 1})
+    registered_at = 1_900_000_000.0
+    registered = callbacks.register(
+        {"task_token": "token-of-a-task", "execution": "e", "ttl_s": 60}, clock=lambda: registered_at
+    )
     callback_id = registered["callback_url"].rsplit("/", 1)[1]
     assert registered["callback_url"] == callback_env["CALLBACK_BASE_URL"] + callback_id
-    time.sleep(1.1)
-    expired = callbacks.receive(signed(callback_id, registered["secret"], {"status": "ready"}))
+    assert registered["expires_at"] == registered_at + 60
+    before = callbacks.receive(signed(callback_id, "wrong", {"status": "ready"}), clock=lambda: registered_at + 59)
+    assert before["statusCode"] == 403  # not expired yet: the signature is what is refused
+    assert callback_id in table_ids(aws, callback_env)
+    expired = callbacks.receive(
+        signed(callback_id, registered["secret"], {"status": "ready"}), clock=lambda: registered_at + 60
+    )
     assert expired["statusCode"] == 404
     assert callback_id not in table_ids(aws, callback_env)
 

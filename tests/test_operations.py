@@ -5,19 +5,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from provider_gateway.cli.status import render
 from provider_gateway.local.http_server import FileHTTPServer
+from tests import support
 from tests.conftest import GatewayFactory
-from tests.support import cli_path, create_state_machine, download_message, start, wait_done
+from tests.servers import free_port
+from tests.support import cli_path, create_state_machine, download_message, metrics_args, start, wait_done
 
 MiB = 1024 * 1024
 
@@ -36,27 +37,9 @@ main()
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def metrics_args(port: int) -> tuple[str, ...]:
-    return ("--metrics-port", str(port), "--metrics-host", "127.0.0.1")
-
-
 def wait_until(check: Callable[[], Any], timeout_s: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except requests.ConnectionError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    """support.wait_until, the endpoint not answering yet counting as not yet."""
+    return support.wait_until(check, what, timeout_s, ignoring=(requests.ConnectionError,))
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -80,9 +63,11 @@ def test_metrics_count_bytes_exactly_and_failures_by_code(
         ok = wait_done(sfn, start(sfn, machine, download_message([(server.url("/a.bin"), bucket, "a.bin")])))
         missing = wait_done(sfn, start(sfn, machine, download_message([(server.url("/nope"), bucket, "n")])))
         assert (ok["status"], missing["status"]) == ("SUCCEEDED", "FAILED")
-        samples = scrape(port)
+        prov = (("provider", "PROV"),)
+        settled = (("provider_gateway_tasks_in_flight", prov), ("provider_gateway_transfer_seconds_count", prov))
+        # The execution ends when Step Functions has the answer, a moment before the gateway counts it answered.
+        samples = wait_until(lambda: (s := scrape(port))[settled[0]] == 0 and s[settled[1]] == 2 and s, what="settled")
 
-    prov = (("provider", "PROV"),)
     assert samples[("provider_gateway_bytes_total", prov)] == len(data)
     copied = (("error_code", ""), ("outcome", "copied"), ("provider", "PROV"))
     failed = (("error_code", "SourceNotFound"), ("outcome", "failed"), ("provider", "PROV"))
@@ -149,9 +134,9 @@ def test_json_logs_carry_task_events_and_no_secret_and_status_shows_the_transfer
         status_url = f"http://127.0.0.1:{port}"
 
         def busy_status() -> str | None:
-            shown = subprocess.run(
-                [cli_path(), "status", "--url", status_url], capture_output=True, text=True, timeout=30, check=False
-            ).stdout
+            # The table of the status command, from /status read here: a transfer of 3 s leaves no time for
+            # a command's start-up on a loaded machine (the command itself is run below with --check).
+            shown = render(requests.get(f"{status_url}/status", timeout=5).json())
             return shown if "busy" in shown and "%)" in shown else None
 
         table = wait_until(busy_status, what="a busy connection in the status table")
@@ -211,6 +196,6 @@ def test_healthz_fails_when_the_activity_api_stays_unreachable(gateway: GatewayF
     sick = wait_until(
         lambda: (r := requests.get(healthz, timeout=5)).status_code == 503 and r.json(), timeout_s=60, what="503"
     )
-    assert any("GetActivityTask on " + activity in p and "failing for" in p for p in sick["problems"])
+    assert any("GetActivityTask on " + activity in p and "failing for" in p for p in sick["problems"]), sick
     errors = scrape(port)[("provider_gateway_poll_errors_total", (("activity", activity), ("provider", "PROV")))]
     assert errors >= 1

@@ -5,14 +5,16 @@
   in its error, never "received 0 bytes".
 - A certificate that is self-signed or for another host is refused before
   USER or PASS reaches the server, at once and without retries.
-- A session killed mid-file while SIZE is denied (so nothing says how long
-  the file is) resumes to the exact bytes: never a short object.
+- A session killed mid-file while SIZE is denied resumes to the exact bytes:
+  never a short object. (Both servers state the size in their 150 reply;
+  test_protocol_ftp.py covers a server that says it nowhere.)
 """
 
 from __future__ import annotations
 
 import ftplib
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -106,14 +108,70 @@ def test_stock_vsftpd_requires_session_reuse_and_files_arrive_byte_exact(vsftpd:
     connection.close()
     assert vsftpd.commands("RETR") == 3
     assert "No SSL session reuse" not in vsftpd.log()
+    # Its 150 reply states the size: SIZE is asked for the first file only. EPSV, never PASV.
+    assert (vsftpd.commands("SIZE"), vsftpd.commands("PASV")) == (1, 0)
+    assert vsftpd.commands("EPSV") >= 3
+
+
+def test_vsftpd_refusing_epsv_is_asked_pasv_and_still_reuses_the_tls_session(
+    tmp_path: Path, certs: Certificates
+) -> None:
+    server = Vsftpd(tmp_path / "noepsv", certs.issued("127.0.0.1"), extra=NO_SIZE.replace("EPSV,", ""))
+    try:
+        files = [os.urandom(200_000 + i) for i in range(4)]
+        urls = [put(server, f"f{i}.bin", data) for i, data in enumerate(files)]
+        connection = ftps(server, certs.ca)
+
+        assert [read_all(connection, url) for url in urls] == files
+        assert read_all(connection, urls[0], offset=123_456) == files[0][123_456:]
+        connection.close()
+
+        assert server.commands("EPSV") == 1  # refused (550), never asked again
+        assert server.commands("PASV") >= 5
+        assert "No SSL session reuse" not in server.log()
+    finally:
+        server.stop()
+
+
+def test_proftpd_files_in_a_row_use_listeners_asked_for_ahead_and_resume_with_rest(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    files = [os.urandom(70_000 + i) for i in range(5)]
+    for i, data in enumerate(files):
+        (root / f"f{i}.bin").write_bytes(data)
+    server = Proftpd(tmp_path / "proftpd", root)
+    try:
+        config = FtpConnConfig(
+            type="ftp", host="127.0.0.1", port=server.port, username=server.user, password=server.password
+        )
+        connection = FtpConnection(config, ConnectionSettings(read_timeout_s=10))
+
+        assert [read_all(connection, f"ftp://127.0.0.1/f{i}.bin") for i in range(5)] == files
+        assert read_all(connection, "ftp://127.0.0.1/f3.bin", offset=50_000) == files[3][50_000:]
+        stream = connection.open("ftp://127.0.0.1/f4.bin", size=len(files[4]))
+        assert stream.size == len(files[4])
+        assert b"".join(iter(lambda: stream.read(1 << 20), b"")) == files[4]
+        connection.close()
+
+        assert server.commands("RETR") == 7
+        assert server.commands("REST") == 1
+        # The 150 reply states the size: SIZE for the first file only; each file's EPSV asked ahead.
+        assert (server.commands("SIZE"), server.commands("PASV")) == (1, 0)
+        assert server.commands("EPSV") == 8
+    finally:
+        server.stop()
 
 
 def test_a_data_connection_without_session_reuse_shows_the_servers_522(
     vsftpd: Vsftpd, certs: Certificates, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = put(vsftpd, "a.bin", os.urandom(50_000))
-    # ftplib's own FTP_TLS starts a fresh TLS session on every data connection.
-    monkeypatch.setattr(ftp_protocol.SessionReusingFTP_TLS, "ntransfercmd", ftplib.FTP_TLS.ntransfercmd)
+
+    # A data connection in a TLS session of its own, as ftplib's own FTP_TLS makes.
+    def fresh_session(self: ftplib.FTP_TLS, conn: socket.socket) -> socket.socket:
+        return self.context.wrap_socket(conn, server_hostname=self.host)
+
+    monkeypatch.setattr(ftp_protocol.SessionReusingFTP_TLS, "secure_data", fresh_session)
     connection = ftps(vsftpd, certs.ca)
 
     with pytest.raises(SourceUnavailable, match="522 SSL connection failed") as raised:
@@ -186,7 +244,7 @@ def test_proftpd_without_size_killed_mid_file_resumes_to_the_exact_bytes(tmp_pat
         )
         connections = Reconnecting(lambda: FtpConnection(config, ConnectionSettings(read_timeout_s=10)))
         probe = connections().open("ftp://127.0.0.1/big.bin")
-        assert probe.size is None  # SIZE is denied
+        assert probe.size == len(data)  # SIZE is denied, but the 150 reply states it
         probe.close()  # closed early: the connection is replaced
         progress, killed = kill_at(server, 9_601_024)
 

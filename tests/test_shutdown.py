@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
 
 from provider_gateway.local import moto_activities
 from provider_gateway.local.http_server import FileHTTPServer
 from tests import test_protocol_gridftp
 from tests.conftest import GatewayFactory
-from tests.support import create_state_machine, download_message, start, wait_done
+from tests.servers import free_port
+from tests.support import create_state_machine, download_message, metrics_args, start, wait_done, wait_until
 from tests.test_protocol_gridftp import Site
 
 site = test_protocol_gridftp.site  # the GridFTP server with X.509 logins, shared with its own tests
@@ -22,13 +23,6 @@ site = test_protocol_gridftp.site  # the GridFTP server with X.509 logins, share
 MiB = 1024 * 1024
 # Beyond the grace period: cancelled reads end at once, so the answers and the exit follow within this.
 AFTER_GRACE_S = 5.0
-
-
-def _wait(what: str, predicate: Callable[[], bool], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _uploads(s3: Any, bucket: str) -> list[Any]:
@@ -53,7 +47,7 @@ def test_sigterm_with_four_transfers_in_flight(
         machine = create_state_machine(sfn, activity)
         answered_before = set(moto_activities.ANSWERS)
         executions = [start(sfn, machine, download_message([(provider.url(p), bucket, p[1:])])) for p in files]
-        _wait("every file requested", lambda: set(provider.requests) >= set(files))
+        wait_until(lambda: set(provider.requests) >= set(files), "every file requested")
 
         process.proc.send_signal(signal.SIGTERM)
         code = process.proc.wait(40)
@@ -82,12 +76,15 @@ class _Stalled:
         self.files = {f"/stalled{i}.h5": os.urandom(self.SIZE) for i in range(2)}
         self.provider = FileHTTPServer(self.files).start()
         self.provider.stalls = dict.fromkeys(self.files, self.SENT / self.SIZE)
+        port = free_port()
+        self.status_url = f"http://127.0.0.1:{port}/status"
         self.process = gateway(
             activity,
             {"type": "http", "host": self.provider.host},
             num_connections=2,
             shutdown_grace_s=grace_s,
             heartbeat_interval_s=1,
+            run_args=metrics_args(port),
         )
         self.sfn, self.s3, self.bucket = sfn, s3, bucket
         machine = create_state_machine(sfn, activity)
@@ -96,8 +93,12 @@ class _Stalled:
             start(sfn, machine, download_message([(self.provider.url(p), bucket, p[1:])])) for p in self.files
         ]
         # Both transfers blocked in a read, each with a part already in S3.
-        _wait("the provider to stall", lambda: self.provider.bytes_served >= 2 * self.SENT)
-        _wait("the multipart uploads", lambda: len(_uploads(s3, bucket)) == 2)
+        wait_until(lambda: self.provider.bytes_served >= 2 * self.SENT, "the provider to stall")
+        wait_until(lambda: len(_uploads(s3, bucket)) == 2, "the multipart uploads")
+
+    def stopping(self) -> bool:
+        """Whether the gateway says a stop was asked for (its /status)."""
+        return bool(requests.get(self.status_url, timeout=5).json()["stopping"])
 
     def check_answered(self) -> None:
         results = [wait_done(self.sfn, arn, timeout_s=10) for arn in self.executions]
@@ -136,7 +137,7 @@ def test_a_second_signal_ends_blocked_reads_at_once_and_still_answers_every_task
     try:
         stalled.process.proc.send_signal(signal.SIGTERM)
         # Signals do not queue: the second is sent once the first was handled.
-        _wait("the first signal handled", lambda: "stopping after the tasks in flight" in stalled.process.log())
+        wait_until(stalled.stopping, "the first signal handled")
         signalled = time.monotonic()
         stalled.process.proc.send_signal(signal.SIGTERM)
         code = stalled.process.proc.wait(AFTER_GRACE_S)
@@ -167,8 +168,8 @@ def test_sigterm_ends_a_gridftp_transfer_whose_server_froze(
         return bool(frozen)
 
     try:
-        _wait("the session mid-file", freeze, timeout_s=60)
-        _wait("a part in S3", lambda: len(_uploads(s3, bucket)) == 1)
+        wait_until(freeze, "the session mid-file", timeout_s=60)
+        wait_until(lambda: len(_uploads(s3, bucket)) == 1, "a part in S3")
         signalled = time.monotonic()
         process.proc.send_signal(signal.SIGTERM)
         code = process.proc.wait(grace_s + AFTER_GRACE_S)

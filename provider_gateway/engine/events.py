@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from provider_gateway.engine.snapshot import FileInFlight
 from provider_gateway.messages import FileRequest, FileResult
 from provider_gateway.ops.metrics import Metrics
 from provider_gateway.urls import redact_url
@@ -35,26 +36,14 @@ class FileProgress:
     started: float = field(default_factory=time.monotonic)
     last_report: float = field(default_factory=time.monotonic)
 
-    def rate(self) -> float:
-        """MB/s since the start."""
+    def freeze(self) -> FileInFlight:
+        """The progress as it stands now, with the rate since the start."""
         elapsed = time.monotonic() - self.started
-        return self.bytes / elapsed / 1e6 if elapsed > 0 else 0.0
-
-    def percent(self) -> float | None:
-        return round(100.0 * self.bytes / self.size, 1) if self.size else None
+        rate = self.bytes / elapsed / 1e6 if elapsed > 0 else 0.0
+        return FileInFlight(self.task, self.url, self.target, self.connection, self.bytes, self.size, rate)
 
     def fields(self) -> dict[str, object]:
-        out: dict[str, object] = {"task": self.task, "file": self.url, "target": self.target}
-        # s3transfer reads (and so reports progress) in threads of its own: name the connection.
-        out["connection"] = self.connection
-        out["bytes"] = self.bytes
-        if self.size is not None:
-            out["size"] = self.size
-        percent = self.percent()
-        if percent is not None:
-            out["percent"] = percent
-        out["mb_per_s"] = round(self.rate(), 2)
-        return out
+        return self.freeze().fields()
 
 
 class Events:
@@ -104,14 +93,14 @@ class Events:
         now = time.monotonic()
         if now - progress.last_report >= self.progress_interval_s:
             progress.last_report = now
-            percent = progress.percent()
+            now_at = progress.freeze()
             log.info(
                 "task %s: %s %s bytes (%.1f MB/s)",
-                progress.task,
-                progress.url,
-                f"{progress.bytes}/{progress.size} ({percent}%)" if progress.size else progress.bytes,
-                progress.rate(),
-                extra=self._fields("file_progress", **progress.fields()),
+                now_at.task,
+                now_at.url,
+                f"{now_at.bytes}/{now_at.size} ({now_at.percent}%)" if now_at.size else now_at.bytes,
+                now_at.mb_per_s,
+                extra=self._fields("file_progress", **now_at.fields()),
             )
 
     def file_finished(self, progress: FileProgress, result: FileResult, seconds: float) -> None:

@@ -6,13 +6,13 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from provider_gateway import __version__
 from provider_gateway.config.model import Config
 from provider_gateway.engine.events import Events
 from provider_gateway.engine.provider import ProviderRuntime, shutdown_error
+from provider_gateway.engine.snapshot import GatewaySnapshot, provider_snapshot
 from provider_gateway.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,10 @@ class Gateway:
             )
             for p in config.providers
         ]
-        self.metrics.watch(self._gauges)
+        self.metrics.watch(self.snapshot)
         self._restart_delay_s = restart_delay_s
         self._stop_asked = threading.Event()
         self._hard = threading.Event()
-        self.stopped = threading.Event()
 
     def start(self) -> None:
         """Start serving every provider."""
@@ -107,7 +106,6 @@ class Gateway:
         for runtime in self.runtimes:
             runtime.stop_workers(timeout_s=max(1.0, cancel_deadline - time.monotonic()))
         log.info("stopped")
-        self.stopped.set()
 
     def _give_up(self) -> None:
         """Answer the tasks whose transfers did not end when aborted, waiting at most GIVE_UP_WAIT_S."""
@@ -130,37 +128,10 @@ class Gateway:
         others = [t for t in threading.enumerate() if t is not current and not t.daemon and t.is_alive()]
         return [t.name for t in (*workers, *others)]
 
+    def snapshot(self) -> GatewaySnapshot:
+        """Every provider's threads, queue and tasks as they are now: what health, status and gauges read."""
+        now = time.monotonic()
+        return GatewaySnapshot(self.stop_requested(), tuple(provider_snapshot(r, now) for r in self.runtimes))
+
     def _in_flight(self) -> int:
         return sum(r.in_flight() for r in self.runtimes)
-
-    def _gauges(self) -> list[tuple[str, str, dict[str, float]]]:
-        def per_provider(value: Callable[[ProviderRuntime], float]) -> dict[str, float]:
-            return {r.provider.id: value(r) for r in self.runtimes}
-
-        return [
-            (
-                "provider_gateway_connections_open",
-                "Connections open to the provider.",
-                per_provider(lambda r: sum(w.connected for w in r.workers)),
-            ),
-            (
-                "provider_gateway_connections_busy",
-                "Connection threads copying a file.",
-                per_provider(lambda r: sum(w.current is not None for w in r.workers)),
-            ),
-            (
-                "provider_gateway_leases_held",
-                "Connection slot leases this gateway holds (providers with connection_leases).",
-                per_provider(lambda r: r.leases.held() if r.leases is not None else 0),
-            ),
-            (
-                "provider_gateway_tasks_in_flight",
-                "Claimed tasks not answered yet.",
-                per_provider(lambda r: r.in_flight()),
-            ),
-            (
-                "provider_gateway_threads_dead",
-                "Connection and poller threads that died and are not replaced yet.",
-                per_provider(lambda r: len(r.dead_threads())),
-            ),
-        ]

@@ -144,16 +144,24 @@ class ProviderRuntime:
         """
         task = self._parse(raw_input, parse)
         gateway = self.provider.gateway
-        run = TaskRun(token, task, self._responder, gateway.failure_mode, label=token[-12:])
-        run.on_answered = functools.partial(self._answered, run)
         heartbeat = Heartbeat(
             self._sfn,
             token,
             gateway.heartbeat_interval_s,
-            on_lost=lambda code: run.cancel(TaskCancelled(f"Step Functions answered {code}")),
+            on_lost=lambda code: run.cancel(
+                TaskCancelled(f"Step Functions answered {code}")
+            ),  # run is bound by start()
             name=f"{self.provider.id}-heartbeat-{token[-8:]}",
         )
-        run.heartbeat = heartbeat
+        run = TaskRun(
+            token,
+            task,
+            self._responder,
+            gateway.failure_mode,
+            label=token[-12:],
+            on_answered=self._answered,
+            heartbeat=heartbeat,
+        )
         try:
             jobs = run.jobs()
             with self._runs_lock:

@@ -22,8 +22,8 @@ from provider_gateway.protocols.base import Connection
 
 log = logging.getLogger(__name__)
 
-AnswerCallback = Callable[[str | None, int, int], None]
-"""Told the error code sent (None for success), the number of files and of failed files."""
+AnswerCallback = Callable[["TaskRun", str | None, int, int], None]
+"""Told the task, the error code sent (None for success), the number of files and of failed files."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ class TaskRun:
 
     A cancel aborts every connection registered with :meth:`attach`, so a read
     blocked in one of them ends at once; a connection attached after the
-    cancel is aborted as it is attached.
+    cancel is aborted as it is attached. Once the answer is sent, the task's
+    ``heartbeat`` (if any) is stopped and ``on_answered`` is told.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class TaskRun:
         failure_mode: Literal["task", "per_file"],
         label: str,
         on_answered: AnswerCallback | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.token = token
         self.task = task
@@ -66,8 +68,8 @@ class TaskRun:
         """Set when the task is cancelled: cuts backoff sleeps short."""
         self.finished = threading.Event()
         """Set once the answer was sent, or could not be sent at all."""
-        self.heartbeat: Heartbeat | None = None
-        self.on_answered = on_answered
+        self._heartbeat = heartbeat
+        self._on_answered = on_answered or _log_answer
 
     def jobs(self) -> list[FileJob]:
         """A queueable job per file."""
@@ -135,13 +137,10 @@ class TaskRun:
             log.exception("answering task %s failed", self.label)
             code, files, failed = InternalError.code, len(self._results), 0
         finally:
-            if self.heartbeat is not None:
-                self.heartbeat.stop()
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
         try:
-            if self.on_answered is not None:
-                self.on_answered(code, files, failed)
-            else:
-                log.info("task %s answered: %d file(s), %d failed", self.label, files, failed)
+            self._on_answered(self, code, files, failed)
         except Exception:
             log.exception("recording the answer of task %s failed", self.label)
         finally:
@@ -180,6 +179,10 @@ class TaskRun:
         return bounded_cause(
             [file_output(entries[req.index], req, res) for req, res in zip(self.task.files, results, strict=True)]
         )
+
+
+def _log_answer(run: TaskRun, error_code: str | None, files: int, failed: int) -> None:
+    log.info("task %s answered: %d file(s), %d failed", run.label, files, failed)
 
 
 def _abort(connection: Connection) -> None:

@@ -72,7 +72,7 @@ class WorkQueue(Generic[T]):
             self._cond.notify_all()
             return jobs
 
-    def busy(self) -> int:
-        """How many connection threads hold a job now."""
+    def depth(self) -> int:
+        """How many jobs wait for a connection thread."""
         with self._cond:
-            return self._busy
+            return len(self._jobs)

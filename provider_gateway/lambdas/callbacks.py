@@ -32,6 +32,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -65,18 +66,19 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def register(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+def register(event: dict[str, Any], context: Any = None, clock: Callable[[], float] = time.time) -> dict[str, Any]:
     """Store ``event["task_token"]`` under a new callback id; return and announce its URL and secret.
 
     The event is the task's Payload: ``task_token`` (``$$.Task.Token``),
-    ``execution`` (``$$.Execution.Id``) and ``provider``.
+    ``execution`` (``$$.Execution.Id``) and ``provider``. ``clock`` gives the
+    time in epoch seconds the expiry counts from.
     """
     token = event.get("task_token")
     if not isinstance(token, str) or not token:
         raise failure("InvalidRequest", "register: the event needs task_token ($$.Task.Token)")
     callback_id = secrets.token_urlsafe(32)
     secret = secrets.token_urlsafe(32)
-    now = int(time.time())
+    now = int(clock())
     ttl_s = event.get("ttl_s") or int_setting("CALLBACK_TTL_S", DEFAULT_CALLBACK_TTL_S)
     if not isinstance(ttl_s, int) or ttl_s < 1:
         raise failure("InvalidRequest", f"register: ttl_s must be a positive number of seconds, got {ttl_s!r}")
@@ -111,8 +113,11 @@ def register(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     return announcement
 
 
-def receive(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """Handle ``POST /callbacks/{callback_id}`` from API Gateway; never answers 5xx for a bad caller."""
+def receive(event: dict[str, Any], context: Any = None, clock: Callable[[], float] = time.time) -> dict[str, Any]:
+    """Handle ``POST /callbacks/{callback_id}`` from API Gateway; never answers 5xx for a bad caller.
+
+    ``clock`` gives the time in epoch seconds the callback's expiry is checked against.
+    """
     callback_id = (event.get("pathParameters") or {}).get("callback_id") or ""
     if not isinstance(callback_id, str):
         callback_id = ""
@@ -123,7 +128,7 @@ def receive(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     item = table.get_item(Key={"callback_id": callback_id}, ConsistentRead=True).get("Item") if callback_id else None
     if item is None:
         return _answer(404, "no such callback")
-    if int(item["expires_at"]) <= time.time():
+    if int(item["expires_at"]) <= clock():
         table.delete_item(Key={"callback_id": callback_id})  # the TTL sweep can lag by hours
         return _answer(404, "no such callback")
     if not _signed(event, sign(str(item["secret"]), body)):

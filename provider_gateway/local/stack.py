@@ -11,10 +11,8 @@ import argparse
 import logging
 import os
 import threading
-from types import TracebackType
 
 LOCAL_REGION = "us-east-1"
-LOCAL_ACCOUNT = "123456789012"
 
 
 class LocalStack:
@@ -48,9 +46,7 @@ class LocalStack:
     def __enter__(self) -> LocalStack:
         return self.start()
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def environment(self) -> dict[str, str]:

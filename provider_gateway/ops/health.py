@@ -1,66 +1,64 @@
-"""What ``/healthz`` and ``/status`` report of a running gateway."""
+"""What ``/healthz`` and ``/status`` report of a running gateway, read from its snapshot."""
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from provider_gateway import __version__
 
 if TYPE_CHECKING:
-    from provider_gateway.engine.gateway import Gateway
+    from provider_gateway.engine.snapshot import ConnectionState, GatewaySnapshot, ProviderSnapshot
 
 # The activity API unreachable for longer than this makes the gateway unhealthy.
 DEFAULT_UNREACHABLE_AFTER_S = 180.0
 
 
-def health(gateway: Gateway, unreachable_after_s: float = DEFAULT_UNREACHABLE_AFTER_S) -> dict[str, Any]:
+def health(snapshot: GatewaySnapshot, unreachable_after_s: float = DEFAULT_UNREACHABLE_AFTER_S) -> dict[str, Any]:
     """``{"healthy": bool, "problems": [...]}``: unhealthy when a thread died or polling has failed too long."""
-    problems: list[str] = []
-    now = time.monotonic()
-    for runtime in gateway.runtimes:
-        for name in runtime.dead_threads():
-            problems.append(f"{runtime.provider.id}: thread {name} has died")
-        for poller in runtime.pollers:
-            since = poller.failing_since
-            if since is not None and now - since > unreachable_after_s:
-                problems.append(
-                    f"{runtime.provider.id}: GetActivityTask on {poller.activity_arn} failing for {now - since:.0f} s"
-                )
-        leases = runtime.leases
-        if leases is not None and leases.failing_since is not None:
-            # Failing closed: no connection opens while the table cannot be read, so say so at once.
-            problems.append(
-                f"{runtime.provider.id}: lease table failing for {now - leases.failing_since:.0f} s, "
-                f"no new connections ({leases.last_error})"
-            )
-    return {"healthy": not problems, "stopping": gateway.stop_requested(), "problems": problems}
+    problems = [problem for provider in snapshot.providers for problem in _problems(provider, unreachable_after_s)]
+    return {"healthy": not problems, "stopping": snapshot.stopping, "problems": problems}
 
 
-def status(gateway: Gateway, unreachable_after_s: float = DEFAULT_UNREACHABLE_AFTER_S) -> dict[str, Any]:
-    """Every provider's connections (busy or idle, with the file in flight), tasks in flight, and health."""
-    providers = []
-    for runtime in gateway.runtimes:
-        connections = []
-        for worker in runtime.workers:
-            entry: dict[str, Any] = {
-                "thread": worker.name,
-                "alive": worker.thread.is_alive(),
-                "connected": worker.connected,
-                "state": "busy" if worker.current is not None else "idle",
-            }
-            progress = worker.progress
-            if progress is not None:
-                entry.update(progress.fields())
-            connections.append(entry)
-        providers.append(
-            {
-                "id": runtime.provider.id,
-                "type": runtime.provider.gateway.conn.type,
-                "num_connections": runtime.provider.gateway.num_connections,
-                "leases_held": runtime.leases.held() if runtime.leases is not None else None,
-                "tasks_in_flight": runtime.in_flight(),
-                "connections": connections,
-            }
+def _problems(provider: ProviderSnapshot, unreachable_after_s: float) -> list[str]:
+    problems = [f"{provider.id}: thread {name} has died" for name in provider.dead_threads]
+    for poller in provider.pollers:
+        failing = poller.failing_for_s
+        if failing is not None and failing > unreachable_after_s:
+            problems.append(f"{provider.id}: GetActivityTask on {poller.activity_arn} failing for {failing:.0f} s")
+    leases = provider.leases
+    if leases is not None and leases.failing_for_s is not None:
+        # Failing closed: no connection opens while the table cannot be read, so say so at once.
+        problems.append(
+            f"{provider.id}: lease table failing for {leases.failing_for_s:.0f} s, "
+            f"no new connections ({leases.last_error})"
         )
-    return {"version": __version__, **health(gateway, unreachable_after_s), "providers": providers}
+    return problems
+
+
+def status(snapshot: GatewaySnapshot, unreachable_after_s: float = DEFAULT_UNREACHABLE_AFTER_S) -> dict[str, Any]:
+    """Every provider's connections (busy or idle, with the file in flight), tasks in flight, and health."""
+    providers = [
+        {
+            "id": provider.id,
+            "type": provider.type,
+            "num_connections": provider.num_connections,
+            "leases_held": provider.leases.held if provider.leases is not None else None,
+            "tasks_in_flight": provider.tasks_in_flight,
+            "files_queued": provider.files_queued,
+            "connections": [_connection(c) for c in provider.connections],
+        }
+        for provider in snapshot.providers
+    ]
+    return {"version": __version__, **health(snapshot, unreachable_after_s), "providers": providers}
+
+
+def _connection(connection: ConnectionState) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "thread": connection.name,
+        "alive": connection.alive,
+        "connected": connection.connected,
+        "state": "busy" if connection.busy else "idle",
+    }
+    if connection.file is not None:
+        entry.update(connection.file.fields())
+    return entry

@@ -1,13 +1,14 @@
 """Prometheus metrics of a gateway, in a registry of its own.
 
 Counters move with task events; the gauges (connections open and busy, tasks
-in flight, threads alive) are read from the running gateway at each scrape.
+in flight, threads dead) are read from a snapshot of the running gateway at
+each scrape.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -15,7 +16,39 @@ from prometheus_client.registry import Collector
 
 from provider_gateway.messages import FileResult
 
+if TYPE_CHECKING:
+    from provider_gateway.engine.snapshot import GatewaySnapshot, ProviderSnapshot
+
 TRANSFER_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600)
+
+# The gauges, per provider: (name, help, value read from the provider's snapshot).
+GAUGES: tuple[tuple[str, str, Callable[[ProviderSnapshot], float]], ...] = (
+    (
+        "provider_gateway_connections_open",
+        "Connections open to the provider.",
+        lambda p: sum(c.connected for c in p.connections),
+    ),
+    (
+        "provider_gateway_connections_busy",
+        "Connection threads copying a file.",
+        lambda p: sum(c.busy for c in p.connections),
+    ),
+    (
+        "provider_gateway_leases_held",
+        "Connection slot leases this gateway holds (providers with connection_leases).",
+        lambda p: p.leases.held if p.leases is not None else 0,
+    ),
+    (
+        "provider_gateway_tasks_in_flight",
+        "Claimed tasks not answered yet.",
+        lambda p: p.tasks_in_flight,
+    ),
+    (
+        "provider_gateway_threads_dead",
+        "Connection and poller threads that died and are not replaced yet.",
+        lambda p: len(p.dead_threads),
+    ),
+)
 
 
 class Metrics:
@@ -111,18 +144,19 @@ class Metrics:
     def task_done(self, provider: str, error_code: str | None) -> None:
         self.tasks.labels(provider, "failure" if error_code else "success", error_code or "").inc()
 
-    def watch(self, gauges: Callable[[], Iterable[tuple[str, str, dict[str, float]]]]) -> None:
-        """Serve gauges read at scrape time: ``gauges()`` yields (name, help, {provider: value})."""
-        self.registry.register(_LiveGauges(gauges))
+    def watch(self, snapshot: Callable[[], GatewaySnapshot]) -> None:
+        """Serve the :data:`GAUGES`, read from ``snapshot()`` at each scrape."""
+        self.registry.register(_LiveGauges(snapshot))
 
 
 class _LiveGauges(Collector):
-    def __init__(self, gauges: Callable[[], Iterable[tuple[str, str, dict[str, float]]]]) -> None:
-        self._gauges = gauges
+    def __init__(self, snapshot: Callable[[], GatewaySnapshot]) -> None:
+        self._snapshot = snapshot
 
     def collect(self) -> Iterable[Any]:
-        for name, documentation, values in self._gauges():
+        providers = self._snapshot().providers
+        for name, documentation, value in GAUGES:
             family = GaugeMetricFamily(name, documentation, labels=["provider"])
-            for provider, value in values.items():
-                family.add_metric([provider], value)
+            for provider in providers:
+                family.add_metric([provider.id], value(provider))
             yield family

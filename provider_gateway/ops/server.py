@@ -6,16 +6,25 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from provider_gateway.ops.health import DEFAULT_UNREACHABLE_AFTER_S, health, status
+from provider_gateway.ops.metrics import Metrics
 
 if TYPE_CHECKING:
-    from provider_gateway.engine.gateway import Gateway
+    from provider_gateway.engine.snapshot import GatewaySnapshot
 
 log = logging.getLogger(__name__)
+
+
+class Observed(Protocol):
+    """What the endpoint reads of a gateway: its metrics and its snapshot."""
+
+    metrics: Metrics
+
+    def snapshot(self) -> GatewaySnapshot: ...
 
 
 class OpsServer(ThreadingHTTPServer):
@@ -25,7 +34,7 @@ class OpsServer(ThreadingHTTPServer):
 
     def __init__(
         self,
-        gateway: Gateway,
+        gateway: Observed,
         host: str,
         port: int,
         unreachable_after_s: float = DEFAULT_UNREACHABLE_AFTER_S,
@@ -61,10 +70,10 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._send(200, CONTENT_TYPE_LATEST, generate_latest(gateway.metrics.registry))
         elif path == "/healthz":
-            report = health(gateway, limit)
+            report = health(gateway.snapshot(), limit)
             self._json(200 if report["healthy"] else 503, report)
         elif path == "/status":
-            self._json(200, status(gateway, limit))
+            self._json(200, status(gateway.snapshot(), limit))
         else:
             self._json(404, {"error": "not found: try /metrics, /healthz or /status"})
 
