@@ -35,6 +35,10 @@ class FakeSfn:
         self.tasks: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self.changed = threading.Condition(self._lock)
+        self.poll_gate: threading.Semaphore | None = None
+        """When set, each GetActivityTask waits for a release of it (a long poll under way)."""
+        self.polls_in_flight = 0
+        self.polls_peak = 0
 
     def _call(self, method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -67,7 +71,20 @@ class FakeSfn:
         return self._call("send_task_heartbeat", kwargs)
 
     def get_activity_task(self, **kwargs: Any) -> dict[str, Any]:
-        return self._call("get_activity_task", kwargs)
+        if self.poll_gate is None:
+            return self._call("get_activity_task", kwargs)
+        with self._lock:
+            self.polls_in_flight += 1
+            self.polls_peak = max(self.polls_peak, self.polls_in_flight)
+            self.changed.notify_all()
+        try:
+            if not self.poll_gate.acquire(timeout=10):
+                raise AssertionError("a held poll was never released")
+            return self._call("get_activity_task", kwargs)
+        finally:
+            with self._lock:
+                self.polls_in_flight -= 1
+                self.changed.notify_all()
 
 
 class FakeS3:
@@ -87,7 +104,7 @@ class FakeS3:
 class BlockingStream:
     """A source that sends ``head`` and then blocks (a silent provider) until its connection is aborted."""
 
-    def __init__(self, connection: FakeConnection, head: bytes) -> None:
+    def __init__(self, connection: FakeConnection | FakeLane, head: bytes) -> None:
         self._connection = connection
         self._head = head
         self.size: int | None = None
@@ -131,12 +148,103 @@ class FakeConnection:
         self.aborted.set()
 
 
-def download_task(count: int, entry: dict[str, Any] | None = None) -> DownloadTask:
-    """A parsed download task of ``count`` files (each file's entry is ``entry``, or a plain one)."""
+def download_task(count: int, entry: dict[str, Any] | None = None, name: str = "f") -> DownloadTask:
+    """A parsed download task of ``count`` files ``{name}{i}`` (each file's entry is ``entry``, or a plain one)."""
     files = tuple(
-        FileRequest(index=i, url=f"http://provider.test/f{i}", bucket="bkt", key=f"f{i}", size=10_000)
+        FileRequest(index=i, url=f"http://provider.test/{name}{i}", bucket="bkt", key=f"{name}{i}", size=10_000)
         for i in range(count)
     )
     entries = tuple(dict(entry) if entry is not None else {"url": f.url} for f in files)
     message = {"payload": {"files": [dict(e) for e in entries]}, "config": {}}
     return DownloadTask(message=message, payload=message["payload"], files=files, entries=entries)
+
+
+class FakeStream:
+    """A source that sends ``data`` at once."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.size: int | None = len(data)
+
+    def read(self, amount: int) -> bytes:
+        piece, self._data = self._data[:amount], self._data[amount:]
+        return piece
+
+    def close(self) -> None:
+        pass
+
+
+class FakeLane:
+    """A lane of a :class:`FakeSharedConnection`: fails once the lane or its connection is aborted or closed."""
+
+    def __init__(self, shared: FakeSharedConnection) -> None:
+        self.shared = shared
+        self.aborted = threading.Event()
+        self.reading = threading.Event()
+        self.closed = False
+
+    def open(self, url: str, offset: int = 0) -> FakeStream | BlockingStream:
+        if self.aborted.is_set() or self.closed or not self.shared.check():
+            raise SourceUnavailable("the lane or its connection is gone")
+        if url in self.shared.blocking:
+            return BlockingStream(self, b"x" * 1000)
+        return FakeStream(self.shared.data.get(url, bytes(10_000))[offset:])
+
+    def check(self) -> bool:
+        return self.shared.check()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted.set()
+
+
+class FakeSharedConnection:
+    """A connection that carries several files at once through :class:`FakeLane` lanes."""
+
+    def __init__(self, data: dict[str, bytes] | None = None, blocking: set[str] | None = None) -> None:
+        self.data = data or {}
+        self.blocking = blocking or set()
+        """URLs whose reads block after a first piece until their lane is aborted."""
+        self.lanes: list[FakeLane] = []
+        self.broken = False
+        self.closed = False
+
+    def lane(self) -> FakeLane:
+        lane = FakeLane(self)
+        self.lanes.append(lane)
+        return lane
+
+    def open(self, url: str, offset: int = 0) -> FakeStream:
+        raise AssertionError("a shared connection is used through its lanes")
+
+    def check(self) -> bool:
+        return not self.broken and not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.broken = True
+
+
+class CountingFactory:
+    """A connection factory that records every connection it made and the most ever open at once."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self.made: list[Any] = []
+        self.peak = 0
+
+    def open_now(self) -> int:
+        """How many connections it made are not closed."""
+        return sum(not c.closed for c in self.made)
+
+    def __call__(self, conn_config: Any, settings: Any) -> Any:
+        with self._lock:
+            connection = self._make()
+            self.made.append(connection)
+            self.peak = max(self.peak, self.open_now())
+            return connection

@@ -220,10 +220,11 @@ class CountingProxy:
                     self.history[pair].last_sent_ms = _now_ms()
                 sink.sendall(chunk)
                 if downstream and self._crossed_cut(len(chunk)):
+                    # Counted before the cut: the client may reconnect before this thread runs again.
+                    self._count_closed(pair)
                     for sock in pair:
                         with contextlib.suppress(OSError):
                             sock.shutdown(socket.SHUT_RDWR)
-                    self._count_closed(pair)  # cut now, whatever the threads still do
                     return
         except OSError:
             pass
@@ -258,10 +259,10 @@ class CountingProxy:
         with self._lock:
             live = list(self._live)
         for pair in live:
+            self._count_closed(pair)  # before the cut, as in _pump
             for sock in pair:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-            self._count_closed(pair)
         return len(live)
 
     def close(self) -> None:

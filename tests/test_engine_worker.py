@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from provider_gateway.config.model import HttpConnConfig
+from provider_gateway.engine.connection_slot import ConnectionSlot
 from provider_gateway.engine.events import Events
 from provider_gateway.engine.heartbeat import Heartbeat
 from provider_gateway.engine.responder import Responder
@@ -17,7 +18,15 @@ from provider_gateway.errors import TaskCancelled
 from provider_gateway.ops.metrics import Metrics
 from provider_gateway.protocols import ConnectionSettings
 from provider_gateway.transfer.copy import CopyOptions
-from tests.engine_fakes import FakeConnection, FakeS3, FakeSfn, client_error, download_task
+from tests.engine_fakes import (
+    CountingFactory,
+    FakeConnection,
+    FakeS3,
+    FakeSfn,
+    FakeSharedConnection,
+    client_error,
+    download_task,
+)
 
 
 class _Provider:
@@ -27,10 +36,11 @@ class _Provider:
         self.connections: list[FakeConnection] = []
         self.queue: WorkQueue[FileJob] = WorkQueue(1)
         self.responder = Responder(sfn, FakeS3(), "prov", None, sleep=lambda _: None)
+        self.slot = ConnectionSlot(
+            self._factory, HttpConnConfig(type="http", host="provider.test"), ConnectionSettings()
+        )
         self.worker = ConnectionWorker(
-            HttpConnConfig(type="http", host="provider.test"),
-            self._factory,
-            ConnectionSettings(),
+            self.slot,
             self.queue,
             FakeS3(),
             CopyOptions(retries=2, retry_wait_max_s=0.01),
@@ -118,3 +128,48 @@ def test_a_failure_while_serving_answers_the_file_and_the_thread_lives(monkeypat
     assert "RuntimeError: a bug" in call["cause"]
     assert provider.worker.thread.is_alive()
     provider.worker.stop()
+
+
+def test_files_in_flight_on_one_shared_connection_a_cancel_fails_only_its_own_file() -> None:
+    sfn = FakeSfn()
+    responder = Responder(sfn, FakeS3(), "prov", None, sleep=lambda _: None)
+    shared = FakeSharedConnection(blocking={"http://provider.test/f0"})
+    factory = CountingFactory(lambda: shared)
+    slot = ConnectionSlot(factory, HttpConnConfig(type="http", host="provider.test"), ConnectionSettings())
+    queue: WorkQueue[FileJob] = WorkQueue(3)
+    s3 = FakeS3()
+    workers = [
+        ConnectionWorker(
+            slot, queue, s3, CopyOptions(retries=0), name=f"prov-conn-1.{i}", events=Events("p", Metrics())
+        )
+        for i in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    stuck = TaskRun("token-stuck-0123456789", download_task(1), responder, "task", label="s")
+    assert queue.reserve(threading.Event())
+    queue.fulfil(stuck.jobs())
+    assert sfn.wait_for(lambda: bool(shared.lanes) and shared.lanes[0].reading.is_set())
+
+    others = TaskRun("token-others-0123456789", download_task(4, name="g"), responder, "task", label="o")
+    assert queue.reserve(threading.Event())
+    queue.fulfil(others.jobs())  # four files over the two other lanes, while the first lane's read hangs
+    assert others.finished.wait(5)
+    stuck.cancel(TaskCancelled("Step Functions answered TaskTimedOut"))
+    assert stuck.finished.wait(5)
+
+    answers = {call["taskToken"]: (method, call.get("error")) for method, call in sfn.answers()}
+    assert answers == {
+        "token-others-0123456789": ("send_task_success", None),
+        "token-stuck-0123456789": ("send_task_failure", "TaskCancelled"),
+    }
+    assert sorted(key for _, key in s3.objects) == ["g0", "g1", "g2", "g3"]
+    assert factory.made == [shared] and factory.peak == 1  # one network connection all along
+    aborted = [lane for lane in shared.lanes if lane.aborted.is_set()]
+    assert len(aborted) == 1 and aborted[0].closed  # the cancelled file's lane alone, let go
+    assert shared.check()
+    for worker in workers:
+        worker.stop()
+    for worker in workers:
+        worker.thread.join(5)
+    assert shared.closed  # the last lane closed the connection

@@ -184,7 +184,7 @@ def test_a_held_listener_the_server_closed_is_not_used(
     assert read_all(connection, "f1.bin") == bytes([1]) * 1001
 
     assert after_login(server)[-5:] == ["NOOP", "EPSV", "SIZE /f1.bin", "RETR /f1.bin", "EPSV"]
-    assert connection.check() and server.sessions_total == 1
+    assert connection.check() and server.connections.total == 1
     connection.close()
 
 
@@ -214,7 +214,7 @@ def test_check_sends_noop_with_a_listener_held_and_the_next_file_still_arrives(
     assert read_all(connection, "f1.bin") == bytes([1]) * 1001
 
     assert after_login(server)[-6:] == ["EPSV", "NOOP", "EPSV", "SIZE /f1.bin", "RETR /f1.bin", "EPSV"]
-    assert server.sessions_total == 1
+    assert server.connections.total == 1
     connection.close()
 
 
@@ -229,5 +229,5 @@ def test_close_and_abort_with_a_listener_held_end_the_session(server: FileFTPSer
         assert not connection.check()
     connection.close()
 
-    wait_for(lambda: server.sessions_open == 0, "the session to end")
+    wait_for(lambda: server.connections.open == 0, "the session to end")
     assert (server.commands[-1] == "QUIT") == (end == "close")

@@ -8,7 +8,7 @@ from provider_gateway.engine.work_queue import WorkQueue
 
 
 def test_a_task_is_claimed_only_while_a_connection_is_free() -> None:
-    queue: WorkQueue[str] = WorkQueue(workers=2)
+    queue: WorkQueue[str] = WorkQueue(lanes=2)
     stop = threading.Event()
 
     assert queue.reserve(stop)
@@ -29,7 +29,7 @@ def test_a_task_is_claimed_only_while_a_connection_is_free() -> None:
 
 
 def test_two_pollers_cannot_reserve_the_same_connection() -> None:
-    queue: WorkQueue[str] = WorkQueue(workers=1)
+    queue: WorkQueue[str] = WorkQueue(lanes=1)
     stop = threading.Event()
     assert queue.reserve(stop)
     second = threading.Thread(target=queue.reserve, args=(stop,))
@@ -42,7 +42,7 @@ def test_two_pollers_cannot_reserve_the_same_connection() -> None:
 
 
 def test_an_empty_claim_releases_the_reservation_and_drain_empties() -> None:
-    queue: WorkQueue[str] = WorkQueue(workers=1)
+    queue: WorkQueue[str] = WorkQueue(lanes=1)
     stop = threading.Event()
     assert queue.reserve(stop)
     queue.fulfil([])

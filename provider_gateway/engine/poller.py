@@ -1,4 +1,11 @@
-"""One thread per activity: claims a task only when a connection can take it now."""
+"""Polling threads per activity: each claims a task only when a lane can take it now.
+
+Several GetActivityTask calls run at once per activity (the threads of one
+:class:`ActivityPoller`), each under a reservation of a free lane in the
+provider's work queue: k free lanes mean up to k polls in flight, and never
+more tasks claimed than can start. The polling threads are not the threads
+that copy files.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +33,11 @@ TaskRefuser = Callable[[str, GatewayError], None]
 
 
 class ActivityPoller:
-    """Long-polls GetActivityTask for one activity into the provider's work queue."""
+    """Long-polls GetActivityTask for one activity into the provider's work queue, ``concurrency`` polls at once.
+
+    Each thread backs off on its own failures; ``failing_since`` is the
+    activity's: set by the first failure, cleared by any poll that goes through.
+    """
 
     def __init__(
         self,
@@ -41,6 +52,7 @@ class ActivityPoller:
         backoff_s: Sequence[float] = POLL_ERROR_BACKOFF_S,
         wait: Callable[[float], object] | None = None,
         ready: Callable[[], bool] | None = None,
+        concurrency: int = 1,
     ) -> None:
         self._sfn = sfn
         self._arn = activity_arn
@@ -49,7 +61,10 @@ class ActivityPoller:
         self._refuse = refuse_task
         self._worker_name = worker_name
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread_names = [name] if concurrency <= 1 else [f"{name}-{i + 1}" for i in range(concurrency)]
+        """The names of its polling threads."""
+        self._threads = {n: threading.Thread(target=self._run, name=n, daemon=True) for n in self.thread_names}
+        self._lock = threading.Lock()
         self.claimed = 0
         self.name = name
         self.activity_arn = activity_arn
@@ -61,12 +76,37 @@ class ActivityPoller:
         self.failing_since: float | None = None
         """When GetActivityTask began failing without a success since (monotonic), or None."""
 
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """Its polling threads."""
+        return list(self._threads.values())
+
     def start(self) -> None:
-        self.thread.start()
+        for thread in self.threads:
+            thread.start()
 
     def stop(self) -> None:
         """Stop claiming; a long poll already under way is answered GatewayShutdown if it brings a task."""
         self.stopping.set()
+
+    def join(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for every polling thread to end (after :meth:`stop`)."""
+        deadline = time.monotonic() + timeout_s
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def dead_threads(self) -> list[str]:
+        """Names of polling threads that died (none once stopping; one not started yet has not died)."""
+        if self.stopping.is_set():
+            return []
+        return [name for name, thread in self._threads.items() if thread_died(thread)]
+
+    def restart(self, name: str) -> None:
+        """Replace the dead polling thread ``name`` with a new one."""
+        if self._threads[name].is_alive():
+            return
+        self._threads[name] = threading.Thread(target=self._run, name=name, daemon=True)
+        self._threads[name].start()
 
     def _run(self) -> None:
         failures = 0
@@ -82,8 +122,9 @@ class ActivityPoller:
             except (ClientError, BotoCoreError) as exc:
                 delay = self._backoff_s[min(failures, len(self._backoff_s) - 1)]
                 failures += 1
-                if self.failing_since is None:
-                    self.failing_since = time.monotonic()
+                with self._lock:
+                    if self.failing_since is None:
+                        self.failing_since = time.monotonic()
                 if self._on_error is not None:
                     self._on_error()
                 log.error("GetActivityTask on %s failed (retrying in %ss): %s", self._arn, delay, exc)
@@ -99,7 +140,8 @@ class ActivityPoller:
         token = response.get("taskToken")
         if not token:
             return []
-        self.claimed += 1
+        with self._lock:
+            self.claimed += 1
         if self.stopping.is_set():
             self._refuse(token, GatewayShutdown("the gateway was stopping when this task arrived"))
             return []
@@ -116,3 +158,8 @@ class ActivityPoller:
             log.exception("starting a claimed task failed")
             self._refuse(token, InternalError(f"the task could not be started: {type(exc).__name__}: {exc}"[:1000]))
         return []
+
+
+def thread_died(thread: threading.Thread) -> bool:
+    """Whether ``thread`` was started and has ended."""
+    return thread.ident is not None and not thread.is_alive()

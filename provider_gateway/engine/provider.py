@@ -1,4 +1,4 @@
-"""Everything serving one provider: its pollers, its queue, its connection threads."""
+"""Everything serving one provider: its pollers, its queue, its connection slots and their threads."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from provider_gateway.config.model import ProviderConfig
+from provider_gateway.engine.connection_slot import ConnectionSlot
 from provider_gateway.engine.events import Events
 from provider_gateway.engine.heartbeat import Heartbeat
-from provider_gateway.engine.poller import ActivityPoller
+from provider_gateway.engine.poller import NOT_READY_WAIT_S, ActivityPoller, thread_died
 from provider_gateway.engine.responder import Responder
 from provider_gateway.engine.task_run import FileJob, TaskRun
 from provider_gateway.engine.work_queue import WorkQueue
@@ -23,15 +24,25 @@ from provider_gateway.errors import ConfigError, GatewayError, GatewayShutdown, 
 from provider_gateway.leases import LeasedFactory, LeaseSlots, LeaseTable
 from provider_gateway.messages import DownloadTask, FileResult, parse_download_task, parse_sync_task
 from provider_gateway.ops.metrics import Metrics
-from provider_gateway.protocols import ConnectionFactory, check_url, connection_factory
+from provider_gateway.protocols import ConnectionFactory, check_url, connection_factory, files_in_flight
 
 log = logging.getLogger(__name__)
 
 TaskParser = Callable[..., DownloadTask]
 
+# GetActivityTask calls one activity keeps in flight at most. Each holds a connection of the
+# Step Functions client's pool (shared by every provider's polls, heartbeats and answers) for
+# up to a minute; 8 already claims 8 tasks in one round trip, more than any provider's free
+# lanes usually are at one moment.
+MAX_POLLS_PER_ACTIVITY = 8
+
 
 class ProviderRuntime:
-    """Serves one provider with exactly ``num_connections`` connection threads."""
+    """Serves one provider over exactly ``num_connections`` connection slots.
+
+    Each slot has ``files_in_flight`` connection threads (lanes): one for
+    every protocol but those whose connection carries several files at once.
+    """
 
     def __init__(
         self,
@@ -49,7 +60,8 @@ class ProviderRuntime:
         self.events = events or Events(provider.id, Metrics())
         self._worker_name = worker_name
         self._dead_since: dict[str, float] = {}
-        self.queue: WorkQueue[FileJob] = WorkQueue(gateway.num_connections)
+        self.lanes_per_slot = files_in_flight(gateway.conn)
+        self.queue: WorkQueue[FileJob] = WorkQueue(gateway.num_connections * self.lanes_per_slot)
         self._responder = Responder(
             sfn,
             s3,
@@ -60,7 +72,14 @@ class ProviderRuntime:
         self._runs: set[TaskRun] = set()
         self._runs_lock = threading.Lock()
         self.leases = self._lease_slots(dynamodb)
-        self.workers = [self._worker(f"{provider.id}-conn-{i + 1}") for i in range(gateway.num_connections)]
+        self._free_leases_cache: tuple[float, int] | None = None
+        self._free_leases_lock = threading.Lock()
+        self.slots = [self._slot() for _ in range(gateway.num_connections)]
+        self.workers = [
+            self._worker(slot, self._worker_thread_name(i, j))
+            for i, slot in enumerate(self.slots)
+            for j in range(self.lanes_per_slot)
+        ]
         self._activities = {f"{provider.id}-poll-download": (gateway.activity_arn, parse_download_task)}
         if gateway.sync_activity_arn:
             self._activities[f"{provider.id}-poll-sync"] = (gateway.sync_activity_arn, parse_sync_task)
@@ -85,26 +104,54 @@ class ProviderRuntime:
         return LeasedFactory(factory, self.leases, holder=holder, wait_s=gateway.read_timeout_s)
 
     def _can_claim(self) -> bool:
-        """Whether a task claimed now could start: an idle connection holds a slot, or a slot is free."""
+        """Whether a task claimed now could start.
+
+        With connection leases, the lanes that could start a file now (idle
+        lanes of open connections, and every lane of as many closed slots as
+        the table has free leases) must cover the jobs queued and the claims
+        reserved, the caller's included.
+        """
         if self.leases is None:
             return True
-        if any(w.connected and w.current is None for w in self.workers):
-            return True
-        return self.leases.free() > 0
+        waiting = self.queue.waiting()
+        startable = sum(s.lanes - s.busy() for s in self.slots if s.connected)
+        closed = [s for s in self.slots if not s.connected]
+        if closed and startable < waiting:
+            startable += sum(s.lanes for s in closed[: self._free_leases()])
+        return startable >= waiting
 
-    def _worker(self, name: str) -> ConnectionWorker:
+    def _free_leases(self) -> int:
+        """The table's free slots, read at most once per NOT_READY_WAIT_S however many pollers ask."""
+        assert self.leases is not None
+        with self._free_leases_lock:
+            now = time.monotonic()
+            if self._free_leases_cache is None or now - self._free_leases_cache[0] >= NOT_READY_WAIT_S:
+                self._free_leases_cache = (now, self.leases.free())
+            return self._free_leases_cache[1]
+
+    def _slot(self) -> ConnectionSlot:
         gateway = self.provider.gateway
         leases = gateway.connection_leases
-        return ConnectionWorker(
-            gateway.conn,
+        return ConnectionSlot(
             self._factory(),
+            gateway.conn,
             gateway.connection_settings,
+            idle_release_s=leases.idle_release_s if leases is not None else None,
+        )
+
+    def _worker_thread_name(self, slot: int, lane: int) -> str:
+        name = f"{self.provider.id}-conn-{slot + 1}"
+        return name if self.lanes_per_slot == 1 else f"{name}.{lane + 1}"
+
+    def _worker(self, slot: ConnectionSlot, name: str) -> ConnectionWorker:
+        gateway = self.provider.gateway
+        return ConnectionWorker(
+            slot,
             self.queue,
             self._s3,
             gateway.copy_options,
             name=name,
             events=self.events,
-            idle_release_s=leases.idle_release_s if leases is not None else None,
         )
 
     def _poller(self, name: str) -> ActivityPoller:
@@ -119,6 +166,7 @@ class ProviderRuntime:
             name=name,
             on_error=lambda: self.events.metrics.poll_errors.labels(self.provider.id, arn).inc(),
             ready=self._can_claim,
+            concurrency=min(len(self.workers), MAX_POLLS_PER_ACTIVITY),
         )
 
     def start(self) -> None:
@@ -130,10 +178,11 @@ class ProviderRuntime:
         for poller in self.pollers:
             poller.start()
         log.info(
-            "serving provider %s (%s) with %d connection(s) from %s",
+            "serving provider %s (%s) with %d connection(s), %d file(s) in flight each, from %s",
             self.provider.id,
             self.provider.gateway.conn.type,
-            len(self.workers),
+            len(self.slots),
+            self.lanes_per_slot,
             self.provider.gateway.activity_arn,
         )
 
@@ -237,8 +286,9 @@ class ProviderRuntime:
 
     def dead_threads(self) -> list[str]:
         """Names of connection and poller threads that have died (stopped ones do not count)."""
-        dead = [w.name for w in self.workers if not w.thread.is_alive() and not w.stopping.is_set()]
-        dead += [p.name for p in self.pollers if not p.thread.is_alive() and not p.stopping.is_set()]
+        # A thread not started yet (the ops server answers while the gateway starts) has not died.
+        dead = [w.name for w in self.workers if thread_died(w.thread) and not w.stopping.is_set()]
+        dead += [name for p in self.pollers for name in p.dead_threads()]
         return dead
 
     def supervise(self, restart_delay_s: float) -> None:
@@ -253,16 +303,16 @@ class ProviderRuntime:
             if now - first_seen < restart_delay_s:
                 continue
             del self._dead_since[name]
-            kind = "poller" if name in self._activities else "connection"
+            poller = next((p for p in self.pollers if name in p.thread_names), None)
+            kind = "poller" if poller is not None else "connection"
             log.error("%s thread %s died: replacing it", kind, name)
             self.events.metrics.thread_restarts.labels(self.provider.id, kind).inc()
-            if kind == "poller":
-                replacement_poller = self._poller(name)
-                self.pollers = [replacement_poller if p.name == name else p for p in self.pollers]
-                replacement_poller.start()
+            if poller is not None:
+                poller.restart(name)
             else:
-                replacement = self._worker(name)
-                self.workers = [replacement if w.name == name else w for w in self.workers]
+                dead = next(w for w in self.workers if w.name == name)
+                replacement = self._worker(dead.slot, name)
+                self.workers = [replacement if w is dead else w for w in self.workers]
                 replacement.start()
 
     def stop_workers(self, timeout_s: float) -> None:

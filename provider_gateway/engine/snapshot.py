@@ -87,6 +87,8 @@ class ProviderSnapshot:
     num_connections: int
     tasks_in_flight: int
     files_queued: int
+    connections_open: int
+    """Network connections open to the provider (a connection carries one or more connection threads' files)."""
     connections: tuple[ConnectionState, ...]
     pollers: tuple[PollerState, ...]
     dead_threads: tuple[str, ...]
@@ -122,15 +124,14 @@ def provider_snapshot(runtime: ProviderRuntime, now: float | None = None) -> Pro
             )
         )
     pollers = tuple(
-        PollerState(p.name, p.activity_arn, p.thread.is_alive(), _since(p.failing_since, now)) for p in runtime.pollers
+        PollerState(t.name, p.activity_arn, t.is_alive(), _since(p.failing_since, now))
+        for p in runtime.pollers
+        for t in p.threads
     )
     slots = runtime.leases
     leases = None
     if slots is not None:
         leases = LeaseState(slots.held(), _since(slots.failing_since, now), slots.last_error)
-    # Threads not started yet (the endpoint serves before the gateway starts) have not died.
-    unstarted = {w.name for w in runtime.workers if w.thread.ident is None}
-    unstarted |= {p.name for p in runtime.pollers if p.thread.ident is None}
     gateway = runtime.provider.gateway
     return ProviderSnapshot(
         id=runtime.provider.id,
@@ -138,8 +139,9 @@ def provider_snapshot(runtime: ProviderRuntime, now: float | None = None) -> Pro
         num_connections=gateway.num_connections,
         tasks_in_flight=runtime.in_flight(),
         files_queued=runtime.queue.depth(),
+        connections_open=sum(s.connected for s in runtime.slots),
         connections=tuple(connections),
         pollers=pollers,
-        dead_threads=tuple(name for name in runtime.dead_threads() if name not in unstarted),
+        dead_threads=tuple(runtime.dead_threads()),
         leases=leases,
     )

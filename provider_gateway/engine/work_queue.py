@@ -1,9 +1,11 @@
 """The per-provider queue between pollers and connection threads.
 
 It holds file jobs, not tasks, so the files of one task spread over every
-free connection. It also answers the pollers' question "may I claim a task
-now?": only when a connection is idle, no queued job is waiting for it, and
-no other poller has already reserved it.
+free lane (a connection thread: one per connection, or several per
+connection that carries several files at once). It also answers the
+pollers' question "may I claim a task now?": only when a lane is idle, no
+queued job is waiting for it, and no other poll has already reserved it. So
+as many polls run at once as lanes are free, and no more.
 """
 
 from __future__ import annotations
@@ -19,20 +21,20 @@ WAKE_S = 1.0
 
 
 class WorkQueue(Generic[T]):
-    """Jobs for ``workers`` connection threads, with claim reservations for pollers."""
+    """Jobs for ``lanes`` connection threads, with claim reservations for pollers."""
 
-    def __init__(self, workers: int) -> None:
-        self._workers = workers
+    def __init__(self, lanes: int) -> None:
+        self._lanes = lanes
         self._jobs: deque[T] = deque()
         self._busy = 0
         self._reserved = 0
         self._cond = threading.Condition()
 
     def _free(self) -> int:
-        return self._workers - self._busy - len(self._jobs) - self._reserved
+        return self._lanes - self._busy - len(self._jobs) - self._reserved
 
     def reserve(self, stop: threading.Event) -> bool:
-        """Wait until a connection is free and reserve it; False if ``stop`` was set."""
+        """Wait until a lane is free and reserve it; False if ``stop`` was set."""
         with self._cond:
             while not stop.is_set():
                 if self._free() > 0:
@@ -76,3 +78,13 @@ class WorkQueue(Generic[T]):
         """How many jobs wait for a connection thread."""
         with self._cond:
             return len(self._jobs)
+
+    def reserved(self) -> int:
+        """How many claims are reserved now (polls under way)."""
+        with self._cond:
+            return self._reserved
+
+    def waiting(self) -> int:
+        """Jobs queued plus claims reserved: what idle lanes must take next."""
+        with self._cond:
+            return len(self._jobs) + self._reserved

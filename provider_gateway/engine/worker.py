@@ -1,4 +1,4 @@
-"""A connection thread: owns one provider connection and copies one file at a time."""
+"""A connection thread: copies one file at a time through its lane of a connection slot."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from provider_gateway.config.model import ConnConfig
+from provider_gateway.engine.connection_slot import ConnectionSlot, Lane
 from provider_gateway.engine.events import Events, FileProgress
 from provider_gateway.engine.task_run import FileJob, TaskRun
 from provider_gateway.engine.work_queue import WorkQueue
 from provider_gateway.errors import InternalError, codes_where
 from provider_gateway.messages import FileResult
-from provider_gateway.protocols import Connection, ConnectionFactory, ConnectionSettings
+from provider_gateway.protocols import Connection
 from provider_gateway.transfer.copy import CopyOptions, copy_file, settle
 
 log = logging.getLogger(__name__)
@@ -28,30 +28,23 @@ _RECONNECT_CODES = frozenset(codes_where(lambda error: error.drops_connection))
 
 
 class ConnectionWorker:
-    """Serves file jobs from the queue over a connection it opens lazily and keeps."""
+    """Serves file jobs from the queue through a lane of ``slot``, whose connection opens lazily and stays."""
 
     def __init__(
         self,
-        conn_config: ConnConfig,
-        factory: ConnectionFactory,
-        settings: ConnectionSettings,
+        slot: ConnectionSlot,
         queue: WorkQueue[FileJob],
         s3: Any,
         options: CopyOptions,
         name: str,
         events: Events,
-        idle_release_s: float | None = None,
     ) -> None:
-        self._conn_config = conn_config
-        self._factory = factory
-        self._settings = settings
+        self.slot = slot
+        self._lane: Lane = slot.lane()
         self._queue = queue
         self._s3 = s3
         self._options = options
         self._events = events
-        self._idle_release_s = idle_release_s
-        self._idle_since = time.monotonic()
-        self._connection: Connection | None = None
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.current: FileJob | None = None
@@ -65,42 +58,27 @@ class ConnectionWorker:
 
     @property
     def connected(self) -> bool:
-        """Whether the thread holds an open connection to the provider."""
-        return self._connection is not None
+        """Whether the thread's slot holds an open connection to the provider."""
+        return self.slot.connected
 
     def stop(self) -> None:
         """Finish the current file (or be cancelled through its task), then exit."""
         self.stopping.set()
-
-    def _connect(self) -> Connection:
-        if self._connection is not None and not self._connection.check():
-            self._disconnect()
-        if self._connection is None:
-            # The old connection is closed before a new one opens: never more than one.
-            self._connection = self._factory(self._conn_config, self._settings)
-        return self._connection
-
-    def _disconnect(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            try:
-                connection.close()
-            except Exception:  # closing a broken connection may fail: it is gone either way
-                log.debug("closing a connection failed", exc_info=True)
 
     def _run(self) -> None:
         try:
             while not self.stopping.is_set():
                 job = self._queue.get()
                 if job is None:
-                    self._release_if_idle()
+                    self.slot.release_if_idle()
                     continue
                 self.current = job
                 try:
-                    self._serve(job)
+                    with self._lane.serving():
+                        self._serve(job)
                 except Exception as exc:  # a bug or a hostile message: the file is answered, the thread lives
                     log.exception("serving a file failed")
-                    self._disconnect()
+                    self._lane.drop()
                     job.run.file_done(job.request, _internal_failure(exc))
                 except BaseException as exc:
                     # The thread is dying (killed): the file still gets its answer.
@@ -109,19 +87,10 @@ class ConnectionWorker:
                 finally:
                     self.current = None
                     self.progress = None
-                    self._idle_since = time.monotonic()
                     self._queue.done()
         finally:
             self._puts.shutdown(wait=True)  # every file handed off is answered before the thread ends
-            self._disconnect()
-
-    def _release_if_idle(self) -> None:
-        """Close a connection idle for ``idle_release_s`` (leased slots go back to every gateway)."""
-        if self._idle_release_s is None or self._connection is None:
-            return
-        if time.monotonic() - self._idle_since >= self._idle_release_s:
-            log.info("connection idle for %.0f s: closing it to free its slot", self._idle_release_s)
-            self._disconnect()
+            self._lane.close()
 
     def _upload(self, put: Callable[[], None]) -> Future[None]:
         """Run a small file's PutObject in the background; blocks while PUTS_IN_FLIGHT are running."""
@@ -146,7 +115,7 @@ class ConnectionWorker:
         def on_size(size: int | None) -> None:
             progress.size, progress.bytes = size, 0  # also a restart from byte 0
 
-        with _Serving(run, self._connect) as connect:
+        with _Serving(run, self._lane.connect) as connect:
             outcome = copy_file(
                 connect,
                 request,
@@ -159,7 +128,7 @@ class ConnectionWorker:
                 uploader=self._upload,
             )
         if not outcome.result.success and outcome.result.error_code in _RECONNECT_CODES:
-            self._disconnect()
+            self._lane.drop()
         started = time.monotonic() - outcome.seconds
 
         def finish(_: object = None) -> None:

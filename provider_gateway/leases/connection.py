@@ -7,7 +7,7 @@ from typing import Any
 
 from provider_gateway.errors import SourceUnavailable
 from provider_gateway.leases.slots import Lease, LeaseSlots
-from provider_gateway.protocols.base import Connection, ConnectionSettings, SourceStream
+from provider_gateway.protocols.base import Connection, ConnectionSettings, SharedConnection, SourceStream
 
 
 def _lapsed(lease: Lease) -> SourceUnavailable:
@@ -74,6 +74,28 @@ class LeasedConnection:
             self._slots.release(self._lease)
 
 
+class LeasedSharedConnection(LeasedConnection):
+    """A leased connection that carries several files at once: each lane checks the one lease."""
+
+    def __init__(self, inner: SharedConnection, lease: Lease, slots: LeaseSlots) -> None:
+        super().__init__(inner, lease, slots)
+        self._shared = inner
+
+    def lane(self) -> Connection:
+        return _LeasedLane(self._shared.lane(), self._lease)
+
+
+class _LeasedLane(LeasedConnection):
+    """A lane of a leased shared connection: closing it releases the lane, not the lease."""
+
+    def __init__(self, inner: Connection, lease: Lease) -> None:
+        self._inner = inner
+        self._lease = lease
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 class LeasedFactory:
     """A connection factory that takes a slot lease before it connects."""
 
@@ -86,7 +108,11 @@ class LeasedFactory:
     def __call__(self, conn_config: Any, settings: ConnectionSettings) -> LeasedConnection:
         lease = self._slots.acquire(f"{self._holder} {threading.current_thread().name}", self._wait_s)
         try:
-            connection = LeasedConnection(self._factory(conn_config, settings), lease, self._slots)
+            inner = self._factory(conn_config, settings)
+            if isinstance(inner, SharedConnection):
+                connection: LeasedConnection = LeasedSharedConnection(inner, lease, self._slots)
+            else:
+                connection = LeasedConnection(inner, lease, self._slots)
         except BaseException:
             self._slots.release(lease)
             raise

@@ -26,7 +26,7 @@ GAUGES: tuple[tuple[str, str, Callable[[ProviderSnapshot], float]], ...] = (
     (
         "provider_gateway_connections_open",
         "Connections open to the provider.",
-        lambda p: sum(c.connected for c in p.connections),
+        lambda p: p.connections_open,
     ),
     (
         "provider_gateway_connections_busy",

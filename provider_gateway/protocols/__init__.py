@@ -59,6 +59,11 @@ def check_url(conn: ConnConfig, url: str) -> Url:
     return check_provider_url(conn, url, SCHEMES[conn.type])
 
 
+def files_in_flight(conn: ConnConfig) -> int:
+    """How many files one connection of ``conn`` carries at once (SFTP may interleave several; others 1)."""
+    return max(1, int(getattr(conn, "files_in_flight", 1)))
+
+
 __all__ = [
     "CONN_TYPES",
     "PROTOCOLS",
@@ -73,4 +78,5 @@ __all__ = [
     "UrlSettings",
     "check_url",
     "connection_factory",
+    "files_in_flight",
 ]
