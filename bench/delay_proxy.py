@@ -1,7 +1,7 @@
 """A TCP proxy on loopback that puts a distance between a client and a server.
 
     .venv/bin/python bench/delay_proxy.py --target PORT --delay-ms 25 [--rate-mbps 100]
-                                          [--window-kib 16384] [--ftp]
+                                          [--window-kib 16384] [--ftp] [--trace]
 
 Each direction of each connection is delayed by ``delay`` (so a round trip costs
 2 x delay), optionally squeezed through a shared link of ``rate`` bytes/s per direction,
@@ -27,8 +27,9 @@ EPRT) is not proxied.
 
 As a program it prints ``{"port": N}`` once it listens, then answers each line
 ``stats`` on its standard input with a JSON line of its counters, and ``reset`` by
-zeroing the peaks once the connections still closing are gone (``{}``); it stops when
-its standard input closes.
+zeroing the peaks once the connections still closing are gone (``{}``), and ``trace``
+(with ``--trace``) with what :meth:`DelayProxy.trace` returns; it stops when its
+standard input closes.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import json
 import re
 import socket
 import struct
+import subprocess
 import sys
 import threading
 from collections import deque
@@ -129,11 +131,14 @@ class _Pipe:
         self.done = False  # ... and delivered
         self.timer: asyncio.TimerHandle | None = None
         self.on_done: Callable[[], None] = lambda: None
+        self.trace: list[tuple[float, str, int]] | None = None  # the client's side, when the proxy traces
 
     def receive(self, data: bytes) -> None:
         if self.rewrite is not None:
             data = self.rewrite(data, False)
         if data:
+            if self.trace is not None and self.link is self.proxy.links["up"]:
+                self.trace.append((self.loop.time(), "sent", len(data)))
             self._enqueue(data)
             self.in_flight += len(data)
             if self.in_flight >= self.proxy.window and self.source is not None:
@@ -180,6 +185,8 @@ class _Pipe:
                     sink.write_eof()
             elif not sink.is_closing():
                 sink.write(item)
+                if self.trace is not None and self.link is self.proxy.links["down"]:
+                    self.trace.append((self.loop.time(), "received", len(item)))
                 self.loop.call_later(self.proxy.delay, self._release, len(item))  # the ACK on its way back
                 return
         except OSError:  # the sink's peer is gone already (a shutdown on a reset socket, say)
@@ -244,6 +251,8 @@ class _Relay:
         for pipe in (self.up, self.down):
             pipe.on_done = self._maybe_close
         self.client = _Side(self, self.up, self.down)
+        if proxy.traces is not None and not data:
+            self.up.trace = self.down.trace = proxy.traces.setdefault(len(proxy.traces), [])
         self.sides_lost = 0
         self.counted = False
         loop.call_later(proxy.delay, proxy.spawn, self._connect)  # the SYN on its way
@@ -288,6 +297,7 @@ class DelayProxy:
         rate: float | None = None,
         window: int = DEFAULT_WINDOW,
         ftp: bool = False,
+        trace: bool = False,
     ) -> None:
         self.target_port = target_port
         self.delay = delay_s
@@ -295,6 +305,7 @@ class DelayProxy:
         self.ftp = ftp
         self.links = {"up": Link(rate), "down": Link(rate)}
         self.counters = Counters()
+        self.traces: dict[int, list[tuple[float, str, int]]] | None = {} if trace else None
         self.live: set[_Relay] = set()
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -322,6 +333,22 @@ class DelayProxy:
     def stats(self) -> dict[str, int]:
         """The counters, read in the proxy's own loop."""
         return dict(self._call(lambda: vars(self.counters)))
+
+    def trace(self) -> dict[int, list[tuple[float, str, int]]]:
+        """With ``trace``: per connection (not FTP data), when its client sent bytes and received them.
+
+        Each event is ``(seconds, "sent" | "received", bytes)`` at the client's end of the
+        link: ``sent`` when the proxy read them from the client, ``received`` when it
+        handed them to the client. The traces are cleared.
+        """
+
+        def take() -> dict[int, list[tuple[float, str, int]]]:
+            traces = dict(self.traces or {})
+            if self.traces is not None:
+                self.traces.clear()
+            return traces
+
+        return dict(self._call(take))
 
     def reset_peaks(self) -> None:
         """Waits (8 s at most) for the connections still closing to be gone, then zeroes the peaks."""
@@ -423,6 +450,66 @@ class _FtpRewriter:
         return line
 
 
+class ProxyProcess:
+    """This proxy as a program in a process of its own, so it shares no interpreter lock with its clients.
+
+    ``stack`` stops it; :meth:`peaks` and :meth:`reset` ask it over its standard input.
+    """
+
+    def __init__(
+        self,
+        stack: contextlib.ExitStack,
+        target: int,
+        rtt_ms: float,
+        rate_mbps: float = 0.0,
+        ftp: bool = False,
+        trace: bool = False,
+    ) -> None:
+        command = [sys.executable, __file__, "--target", str(target), "--delay-ms", str(rtt_ms / 2)]
+        command += ["--rate-mbps", str(rate_mbps)] + (["--ftp"] if ftp else []) + (["--trace"] if trace else [])
+        self.ftp = ftp
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        stack.callback(self.stop)
+        self.port = int(self._answer()["port"])
+
+    def _answer(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the delay proxy exited")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def ask(self, command: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def peaks(self) -> dict[str, float]:
+        """The most connections the server saw at once since the last reset (FTP: data apart)."""
+        stats = self.ask("stats")
+        peaks = {"provider conns": float(stats["max_open"])}
+        if self.ftp:
+            peaks["provider data conns"] = float(stats["data_max_open"])
+        return peaks
+
+    def peak(self) -> int:
+        return int(self.ask("stats")["max_open"])
+
+    def reset(self) -> None:
+        """Zeroes the peaks once the connections still closing are gone."""
+        self.ask("reset")
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", type=int, required=True, help="the server's port on 127.0.0.1")
@@ -430,14 +517,17 @@ def main() -> None:
     parser.add_argument("--rate-mbps", type=float, default=0.0, help="link rate per direction, MB/s (0: none)")
     parser.add_argument("--window-kib", type=int, default=DEFAULT_WINDOW // 1024)
     parser.add_argument("--ftp", action="store_true", help="rewrite PASV/EPSV replies to proxied data ports")
+    parser.add_argument("--trace", action="store_true", help="record when each client sent and received bytes")
     args = parser.parse_args()
     proxy = DelayProxy(
-        args.target, args.delay_ms / 1000, args.rate_mbps * 1e6 or None, args.window_kib * 1024, args.ftp
+        args.target, args.delay_ms / 1000, args.rate_mbps * 1e6 or None, args.window_kib * 1024, args.ftp, args.trace
     ).start()
     print(json.dumps({"port": proxy.port}), flush=True)
     for line in sys.stdin:
         if line.strip() == "stats":
             print(json.dumps(proxy.stats()), flush=True)
+        elif line.strip() == "trace":
+            print(json.dumps(proxy.trace()), flush=True)
         elif line.strip() == "reset":
             proxy.reset_peaks()
             print("{}", flush=True)

@@ -8,81 +8,41 @@ of the stage are reached through a ``delay_proxy.py`` process of their own:
   large file   one ``--distance-mib`` MiB file, 1 connection: the gateway, rclone, and the
                reference client (curl; OpenSSH sftp) to /dev/null
 
-Figures: files/s or MB/s; round trips per file, ``connections / (RTT x files/s)``, the
+Figures: files/s and MB/s; round trips per file, ``connections / (RTT x files/s)``, the
 fewest a file could cost being 1; and the peak connections the proxy saw to the server
-(FTP control sessions; its data connections are not counted).
+(FTP: control sessions, and data connections apart). A case whose peak is above the
+connections it was given (2 for small files, 1 for the large file) fails.
+:func:`markdown` makes the two tables of ``docs/performance.md`` from the results.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
-from pathlib import Path
 from typing import Any, Protocol
 
+from delay_proxy import ProxyProcess
 from stage import BUCKET, MiB, Stage
 
-PROXY = Path(__file__).resolve().parent / "delay_proxy.py"
 KINDS = ("http", "ftp", "sftp")
 CONNECTIONS = 2
 
 
 class Bench(Protocol):
-    def attempt(self, group: str, case: str, measure: Callable[[], dict[str, float] | None]) -> None: ...
+    def attempt(
+        self, group: str, case: str, measure: Callable[[], dict[str, float] | None], limit: int | None = None
+    ) -> None: ...
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distance-rtts", default="0,50", help="round-trip times of the distance cases, ms")
     parser.add_argument("--distance-files", type=int, default=200)
     parser.add_argument("--distance-kib", type=int, default=64)
-    parser.add_argument("--distance-mib", type=int, default=256)
+    parser.add_argument("--distance-mib", type=int, default=64, help="the large file, MiB (issue 16 measured 256)")
     parser.add_argument("--distance-rate-mbps", type=float, default=0.0, help="the link's rate cap (0: none)")
-
-
-class ProxyProcess:
-    """``delay_proxy.py`` in a process of its own (so it shares no interpreter lock with the bench)."""
-
-    def __init__(self, stack: ExitStack, target: int, rtt_ms: float, rate_mbps: float, ftp: bool) -> None:
-        command = [sys.executable, str(PROXY), "--target", str(target), "--delay-ms", str(rtt_ms / 2)]
-        command += ["--rate-mbps", str(rate_mbps)] + (["--ftp"] if ftp else [])
-        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        stack.callback(self.stop)
-        self.port = int(self._answer()["port"])
-
-    def _answer(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the delay proxy exited")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def ask(self, command: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self._answer()
-
-    def peak(self) -> int:
-        return int(self.ask("stats")["max_open"])
-
-    def reset(self) -> None:
-        self.ask("reset")
-
-    def stop(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 class Distance:
@@ -94,13 +54,14 @@ class Distance:
         self.kinds = [k for k in KINDS if k in stage.kinds]
         self.rclone = shutil.which("rclone")
         self.size = args.distance_mib * MiB
+        self.file_size = args.distance_kib * 1024
         self.proxies: dict[str, ProxyProcess] = {}
         self.remotes: dict[str, Callable[[str], str]] = {}
         for rtt in self.rtts:
             for kind in self.kinds:
                 self._register(kind, rtt, args.distance_rate_mbps)
         (stage.data / "far").mkdir()
-        body = os.urandom(args.distance_kib * 1024)
+        body = os.urandom(self.file_size)
         self.names = [f"far/f{i:05d}.bin" for i in range(args.distance_files)]
         for name in self.names:
             (stage.data / name).write_bytes(body)
@@ -140,34 +101,53 @@ class Distance:
                 self._cases(bench, kind, rtt)
 
     def _cases(self, bench: Bench, kind: str, rtt: float) -> None:
-        far, label = self.far(kind, rtt), f"{kind} {rtt:g} ms"
+        far, label = self.far(kind, rtt), case_label(kind, rtt)
         for mode, per_file in (("one task", False), ("task per file", True)):
-            bench.attempt("distance", f"{label}: gateway, {mode}", lambda p=per_file: self._small_gateway(far, rtt, p))
-        bench.attempt("distance", f"{label}: rclone --transfers 2", lambda: self._small_rclone(far, rtt))
+            bench.attempt(
+                "distance",
+                f"{label}: gateway, {mode}",
+                lambda p=per_file: self._small_gateway(far, rtt, p),
+                limit=CONNECTIONS,
+            )
+        rclones: list[tuple[str, list[str]]] = [("rclone --transfers 2", [])]
+        if kind == "http":  # rclone asks HEAD before each GET unless told not to
+            rclones.append(("rclone --transfers 2 --http-no-head", ["--http-no-head"]))
+        for name, flags in rclones:
+            bench.attempt(
+                "distance", f"{label}: {name}", lambda f=flags: self._small_rclone(far, rtt, f), limit=CONNECTIONS
+            )
         reader = "OpenSSH sftp" if kind == "sftp" else "curl"
         for who, name in (("gateway", "gateway"), ("rclone", "rclone"), ("reference", reader)):
-            bench.attempt("distance", f"{label}: {name}, large", lambda w=who: self._large(far, w))
+            bench.attempt("distance", f"{label}: {name}, large", lambda w=who: self._large(far, w), limit=1)
 
     # --- the cases -------------------------------------------------------------------------
 
     def _per_file(self, figures: dict[str, float], rtt: float) -> dict[str, float]:
+        figures["MB/s"] = figures["files/s"] * self.file_size / 1e6
         if rtt:
             figures["RTTs/file"] = CONNECTIONS / (rtt / 1000 * figures["files/s"])
         return figures
 
     def _small_gateway(self, far: str, rtt: float, per_file: bool) -> dict[str, float]:
-        return self._per_file(self.stage.gateway_small(far, per_file, self.names), rtt)
+        figures = self.stage.gateway_small(far, per_file, self.names)
+        return self._per_file({**figures, **self.proxies[far].peaks()}, rtt)
 
-    def _small_rclone(self, far: str, rtt: float) -> dict[str, float] | None:
+    def _small_rclone(self, far: str, rtt: float, flags: list[str]) -> dict[str, float] | None:
         if self.rclone is None:
             return None
         self.proxies[far].reset()
-        command = [self.rclone, "copy", "--transfers", "2", "--checkers", "2"]
-        command += [self.remotes[far]("far"), f"s3:{BUCKET}/rclone-{far}-{time.time_ns()}"]
+        prefix = f"rclone-{far}-{time.time_ns()}"
+        # "far/": without HEAD, rclone takes a path with no trailing slash for a file (the listing page)
+        command = [self.rclone, "copy", "--transfers", "2", "--checkers", "2", *flags]
+        command += [self.remotes[far]("far/"), f"s3:{BUCKET}/{prefix}"]
         started = time.perf_counter()
         self.stage.timed(command, 1)
         seconds = time.perf_counter() - started
-        figures = {"files/s": len(self.names) / seconds, "provider conns": self.proxies[far].peak()}
+        pages = self.stage.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{prefix}/")
+        copied = sum(page.get("KeyCount", 0) for page in pages)
+        if copied != len(self.names):
+            raise RuntimeError(f"rclone copied {copied} files of {len(self.names)}")
+        figures = {"files/s": len(self.names) / seconds, **self.proxies[far].peaks()}
         return self._per_file(figures, rtt)
 
     def _large(self, far: str, who: str) -> dict[str, float] | None:
@@ -183,7 +163,7 @@ class Distance:
             stage.s3.delete_object(Bucket=BUCKET, Key=key)
         else:
             figures = stage.timed(self._reference(far), self.size)
-        return {**figures, "provider conns": proxy.peak()}
+        return {**figures, **proxy.peaks()}
 
     def _reference(self, far: str) -> list[str]:
         """The reference client reading the large file to /dev/null."""
@@ -196,3 +176,86 @@ class Distance:
             "-o", f"UserKnownHostsFile={sshd.dir / 'known_hosts'}", "-o", "StrictHostKeyChecking=no",
             f"{sshd.user}@127.0.0.1:{stage.data / 'far-large.bin'}", "/dev/null",
         ]  # fmt: skip
+
+
+# --- the tables of docs/performance.md -----------------------------------------------------
+
+NAMES = {"http": "HTTP", "ftp": "FTP", "sftp": "SFTP"}
+SMALL_COLUMNS = ("gateway, one task", "gateway, task per file", "rclone --transfers 2")
+LARGE_COLUMNS = ("gateway, large", "rclone, large")
+
+
+def case_label(kind: str, rtt: float) -> str:
+    return f"{kind} {rtt:g} ms"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The distance group's results as two Markdown tables (medians), small files then the large file.
+
+    A failed case is marked **FAILED** (its reason is in the notes); a figure not measured shows "-".
+    """
+    cases = {row["case"]: row for row in rows if row["group"] == "distance"}
+    labels = list(dict.fromkeys(case.split(":", 1)[0] for case in cases))
+
+    def row_of(label: str, column: str) -> dict[str, Any]:
+        return cases.get(f"{label}: {column}", {})
+
+    def median(row: dict[str, Any], figure: str, digits: int = 1) -> str:
+        return f"{row[figure]['median']:.{digits}f}" if figure in row else "-"
+
+    def peak(row: dict[str, Any]) -> str:
+        shown = median(row, "provider conns", 0)
+        if "provider data conns" in row:
+            shown += f" ({median(row, 'provider data conns', 0)})"
+        return shown + (" **FAILED**" if "failed" in row else "")
+
+    def protocol(label: str) -> tuple[str, str]:
+        kind, rtt = label.split(" ", 1)
+        return NAMES.get(kind, kind), rtt
+
+    small = [
+        "Small files, files/s (round trips per file) and MB/s; peak provider connections (FTP: control (data)):",
+        "",
+        "| protocol | RTT | gateway, one task | gateway, task per file | rclone --transfers 2"
+        " | rclone --http-no-head | peak conns: one task / task per file / rclone |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for label in labels:
+        cells = []
+        for column in (*SMALL_COLUMNS, "rclone --transfers 2 --http-no-head"):
+            row = row_of(label, column)
+            if "failed" in row and "files/s" not in row:
+                cells.append("**FAILED**")
+                continue
+            cell = median(row, "files/s")
+            if "RTTs/file" in row:
+                cell += f" ({median(row, 'RTTs/file')})"
+            if "MB/s" in row:
+                cell += f", {median(row, 'MB/s')} MB/s"
+            cells.append(cell)
+        peaks = " / ".join(peak(row_of(label, column)) for column in SMALL_COLUMNS)
+        small.append(f"| {' | '.join(protocol(label))} | {' | '.join(cells)} | {peaks} |")
+    large = [
+        "One large file, 1 connection, MB/s; peak provider connections:",
+        "",
+        "| protocol | RTT | gateway (into S3) | rclone (into S3) | reference client to /dev/null"
+        " | peak conns: gateway / rclone / reference |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for label in labels:
+        reference = next(
+            (
+                c
+                for c in cases
+                if c.startswith(f"{label}: ")
+                and c.endswith(", large")
+                and not c.split(": ", 1)[1].startswith(("gateway", "rclone"))
+            ),
+            "",
+        )
+        columns = [*(f"{label}: {c}" for c in LARGE_COLUMNS), reference]
+        cells = [median(cases.get(c, {}), "MB/s") for c in columns]
+        cells[2] += f" ({reference.split(': ', 1)[1].removesuffix(', large')})" if reference else ""
+        peaks = " / ".join(peak(cases.get(c, {})) for c in columns)
+        large.append(f"| {' | '.join(protocol(label))} | {' | '.join(cells)} | {peaks} |")
+    return "\n".join([*small, "", *large]) + "\n"

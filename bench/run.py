@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from distance import Distance  # noqa: E402
 from distance import add_arguments as add_distance_arguments  # noqa: E402
+from distance import markdown as distance_markdown  # noqa: E402
 from leases_case import gateway_small_leased  # noqa: E402
 from peers import Peers  # noqa: E402
 from stage import Stage  # noqa: E402
@@ -59,6 +60,7 @@ from unknown_size import gateway_unknown_size  # noqa: E402
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 RESULTS = ROOT / "bench" / "results"
+SMALL_CONNECTIONS = 2  # num_connections of the small-file cases, and rclone's --transfers
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -66,10 +68,16 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 
 class Bench:
-    """Collects each case's runs and prints them as one table."""
+    """Collects each case's runs and prints them as one table.
+
+    A case given a connection ``limit`` fails when the provider saw more
+    connections at once (its ``provider conns`` or ``provider data conns``
+    figure): its figures are kept, and the table marks the case FAILED.
+    """
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, list[float]]] = {}
+        self.failed: dict[str, list[str]] = {}
         self.notes: list[str] = []
 
     def add(self, group: str, case: str, **figures: float) -> None:
@@ -79,34 +87,53 @@ class Bench:
         shown = ", ".join(f"{k} {v:.1f}" for k, v in figures.items())
         print(f"  {group:<12} {case:<40} {shown}", flush=True)
 
-    def attempt(self, group: str, case: str, measure: Callable[[], dict[str, float] | None]) -> None:
+    def fail(self, group: str, case: str, reason: str) -> None:
+        self.failed.setdefault(f"{group}|{case}", []).append(reason)
+        self.notes.append(f"{group} / {case}: FAILED: {reason}")
+        print(f"  {group:<12} {case:<40} FAILED: {reason}", flush=True)
+
+    def attempt(
+        self, group: str, case: str, measure: Callable[[], dict[str, float] | None], limit: int | None = None
+    ) -> None:
         try:
             figures = measure()
         except Exception as exc:
-            self.notes.append(f"{group} / {case}: failed: {exc}")
-            print(f"  {group:<12} {case:<40} FAILED: {exc}", flush=True)
+            self.fail(group, case, str(exc))
             return
-        if figures is not None:
-            self.add(group, case, **figures)
+        if figures is None:
+            return
+        self.add(group, case, **figures)
+        for name in ("provider conns", "provider data conns"):
+            if limit is not None and figures.get(name, 0) > limit:
+                self.fail(group, case, f"{name}: {figures[name]:g} at once, more than the {limit} allowed")
 
     def table(self) -> list[dict[str, Any]]:
         out = []
-        for key, figures in self.rows.items():
+        for key in dict.fromkeys([*self.rows, *self.failed]):
             group, case = key.split("|", 1)
-            out.append({"group": group, "case": case, **{k: summarize(v) for k, v in figures.items()}})
+            figures = {k: summarize(v) for k, v in self.rows.get(key, {}).items()}
+            failed = {"failed": self.failed[key]} if key in self.failed else {}
+            out.append({"group": group, "case": case, **figures, **failed})
         return out
+
+
+def figures_of(row: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
+    """A table row's figures: every entry but its names and its failures."""
+    return [(k, v) for k, v in row.items() if k not in ("group", "case", "failed")]
 
 
 def print_table(rows: list[dict[str, Any]], notes: list[str], machine: str) -> None:
     print(f"\n{machine}\n")
-    print(f"{'group':<12} {'case':<40} {'figure':<14} {'min':>9} {'median':>9} {'max':>9}")
+    print(f"{'group':<12} {'case':<40} {'figure':<20} {'min':>9} {'median':>9} {'max':>9}")
     for row in rows:
         first = True
-        for name, values in row.items():
-            if name in ("group", "case"):
-                continue
+        for name, values in figures_of(row):
             head = f"{row['group']:<12} {row['case']:<40}" if first else " " * 53
-            print(f"{head} {name:<14} {values['min']:9.1f} {values['median']:9.1f} {values['max']:9.1f}")
+            print(f"{head} {name:<20} {values['min']:9.1f} {values['median']:9.1f} {values['max']:9.1f}")
+            first = False
+        for reason in row.get("failed", []):
+            head = f"{row['group']:<12} {row['case']:<40}" if first else " " * 53
+            print(f"{head} FAILED: {reason.splitlines()[0]}")
             first = False
     for note in notes:
         print(f"note: {note}")
@@ -121,13 +148,13 @@ def markdown(rows: list[dict[str, Any]], notes: list[str], machine: str, runs: i
         "|---|---|---|---:|---:|---:|",
     ]
     for row in rows:
-        for name, values in row.items():
-            if name in ("group", "case"):
-                continue
+        for name, values in figures_of(row):
             lines.append(
                 f"| {row['group']} | {row['case']} | {name} | {values['min']:.1f} | {values['median']:.1f} | "
                 f"{values['max']:.1f} |"
             )
+        for reason in row.get("failed", []):
+            lines.append(f"| {row['group']} | {row['case']} | **FAILED** | {reason.splitlines()[0]} | | |")
     lines += ["", *[f"- {note.splitlines()[0]}" for note in notes]]
     return "\n".join(lines) + "\n"
 
@@ -225,20 +252,34 @@ def main() -> None:
                     lambda: stage.activity_rate(len(stage.small_names)),
                 )
                 for kind in stage.kinds:
-                    bench.attempt("small", f"{kind} gateway, one task", lambda k=kind: stage.gateway_small(k, False))
+                    for mode, per_file in (("one task", False), ("task per file", True)):
+                        bench.attempt(
+                            "small",
+                            f"{kind} gateway, {mode}",
+                            lambda k=kind, p=per_file: stage.gateway_small(k, p),
+                            limit=SMALL_CONNECTIONS,
+                        )
                     bench.attempt(
-                        "small", f"{kind} gateway, task per file", lambda k=kind: stage.gateway_small(k, True)
+                        "small",
+                        f"{kind} rclone --transfers 2",
+                        lambda k=kind: peers.rclone_small(k),
+                        limit=SMALL_CONNECTIONS,
                     )
-                    bench.attempt("small", f"{kind} rclone --transfers 2", lambda k=kind: peers.rclone_small(k))
             if distance is not None:
                 distance.run(bench)
             if "leases" not in skip:
                 for kind in stage.kinds:
-                    bench.attempt("leases", f"{kind} gateway, one task", lambda k=kind: stage.gateway_small(k, False))
+                    bench.attempt(
+                        "leases",
+                        f"{kind} gateway, one task",
+                        lambda k=kind: stage.gateway_small(k, False),
+                        limit=SMALL_CONNECTIONS,
+                    )
                     bench.attempt(
                         "leases",
                         f"{kind} gateway, one task, connection_leases",
                         lambda k=kind: gateway_small_leased(stage, k, False),
+                        limit=SMALL_CONNECTIONS,
                     )
         if "huge" not in skip:
             huge = int(args.huge_gib * GiB)
@@ -266,6 +307,10 @@ def main() -> None:
     (RESULTS / "bench.json").write_text(json.dumps(document, indent=2))
     (RESULTS / "bench.md").write_text(markdown(rows, bench.notes, machine, args.runs))
     chart(rows, RESULTS / "bench.png")
+    if any(row["group"] == "distance" for row in rows):
+        tables = distance_markdown(rows)
+        (RESULTS / "distance.md").write_text(f"Machine: {machine}; {args.runs} runs per case (medians).\n\n{tables}")
+        print(f"\n{tables}")
     print(f"\nwrote {RESULTS / 'bench.json'}, bench.md and bench.png")
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -371,25 +372,43 @@ class Stage:
         config = self.work / f"{kind}-{time.time_ns()}.yml"
         provider = {"id": kind.upper().replace("-", "_"), "config": {"gateway_config": gateway_config}}
         config.write_text(yaml.safe_dump({"providers": [provider]}))
-        command = [CLI, "--log-level", "warning", "run", "--config", str(config)]
+        ops_port = free_port()
+        command = [CLI, "--log-level", "warning", "run", "--config", str(config), "--metrics-port", str(ops_port)]
         if os.environ.get("BENCH_PROFILE"):  # py-spy's collapsed stacks, for flamegraph.pl or speedscope
             out = ROOT / "bench" / "results" / f"profile-{kind}-{time.time_ns()}.txt"
             out.parent.mkdir(parents=True, exist_ok=True)
             command = ["py-spy", "record", "--idle", "--format", "raw", "--rate", "200", "-o", str(out), "--", *command]
         proc = subprocess.Popen(command, env={**self.env, **(extra_env or {})})
-        time.sleep(1.5)  # started and polling
+        # Its ops endpoint answers once it is configured, just before its pollers start: a fixed sleep
+        # instead counted a slow start (a busy machine) in the first case's time, or wasted the rest.
+        deadline = time.monotonic() + 60
+        while not _answers(f"http://127.0.0.1:{ops_port}/healthz"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"the gateway did not start (exit {proc.poll()})")
+            time.sleep(0.05)
         return proc, machine
 
-    def execute(self, machine: str, batches: list[list[dict[str, Any]]]) -> None:
+    def execute(self, machine: str, batches: list[list[dict[str, Any]]], stall_s: float = 180) -> None:
+        """Runs an execution per batch, until all have SUCCEEDED (else raises).
+
+        Raises too when none has finished for ``stall_s``: a case that hangs fails, the bench goes on.
+        """
         arns = [
             self.sfn.start_execution(stateMachineArn=machine, input=json.dumps({"payload": {"files": files}}))[
                 "executionArn"
             ]
             for files in batches
         ]
-        for arn in arns:
+        progress = time.monotonic()
+        for done, arn in enumerate(arns):
             while (status := self.sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+                if time.monotonic() - progress > stall_s:
+                    raise RuntimeError(
+                        f"{done} of {len(arns)} executions done, then none for {stall_s:g} s: {arn} is still RUNNING"
+                    )
                 time.sleep(0.02)
+            progress = time.monotonic()
             if status["status"] != "SUCCEEDED":
                 raise RuntimeError(f"{status.get('error')}: {status.get('cause', '')[:300]}")
 
@@ -409,7 +428,8 @@ class Stage:
                 source["checksum"] = {"type": "sha256", "value": self.sha256(name)}
             cpu_before = proc_cpu(proc.pid)
             started = time.perf_counter()
-            self.execute(machine, [[{"source": source, "target": {"bucket": BUCKET, "key": f"gw-{kind}.bin"}}]])
+            target = {"bucket": BUCKET, "key": f"gw-{kind}.bin"}
+            self.execute(machine, [[{"source": source, "target": target}]], stall_s=max(180, size / 1e6))
             seconds = time.perf_counter() - started
             figures = {
                 "MB/s": size / seconds / 1e6,
@@ -465,7 +485,7 @@ class Stage:
         ]
         try:
             started = time.perf_counter()
-            self.execute(machine, [files])
+            self.execute(machine, [files], stall_s=max(180, 2 * size / 1e6))
             seconds = time.perf_counter() - started
             rss = proc_peak_rss_mib(proc.pid)
         finally:
@@ -474,6 +494,14 @@ class Stage:
         if sink.received < 2 * size:
             raise RuntimeError(f"the S3 sink received {sink.received} bytes of {2 * size}")
         return {"peak RSS MiB": rss, "MB/s": 2 * size / seconds / 1e6}
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:  # not listening yet; or listening and unhealthy (HTTPError)
+        return False
 
 
 def hostname() -> str:

@@ -61,7 +61,7 @@ def gateway_unknown_size(stage: Stage, size: int) -> dict[str, float]:
     file = {"source": {"url": f"http://{source.host}/{size}.bin"}, "target": {"bucket": BUCKET, "key": "unknown.bin"}}
     try:
         started = time.perf_counter()
-        stage.execute(machine, [[file]])
+        stage.execute(machine, [[file]], stall_s=max(180, size / 1e6))
         seconds = time.perf_counter() - started
         rss = proc_peak_rss_mib(proc.pid)
     finally:
