@@ -98,6 +98,9 @@ class _Session:
     cut: threading.Event = field(default_factory=threading.Event)
     opened: float = field(default_factory=time.monotonic)
     write_lock: threading.Lock = field(default_factory=threading.Lock)
+    # FTP control sessions: data streams still being relayed, which a closing reply waits for.
+    relaying: int = 0
+    relayed: threading.Condition = field(default_factory=threading.Condition)
 
 
 class FaultProxy:
@@ -144,6 +147,9 @@ class FaultProxy:
             for sock in (client, upstream):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             session = _Session(client, upstream, counted=data_port is None, control=control)
+            if control is not None:
+                with control.relayed:
+                    control.relaying += 1
             if session.counted:
                 self._end_hung_up()  # a client closes one session before it opens the next
             with self._lock:
@@ -220,6 +226,15 @@ class FaultProxy:
                 session.upstream.shutdown(socket.SHUT_WR)
 
     def _data_down(self, session: _Session) -> None:
+        try:
+            self._relay_data(session)
+        finally:
+            if session.control is not None:
+                with session.control.relayed:
+                    session.control.relaying -= 1
+                    session.control.relayed.notify_all()
+
+    def _relay_data(self, session: _Session) -> None:
         sent = 0
         while chunk := session.upstream.recv(1 << 16):
             fault = self._due(sent, len(chunk))
@@ -262,6 +277,11 @@ class FaultProxy:
     def _ftp_replies(self, session: _Session) -> None:
         reader = session.upstream.makefile("rb")
         for line in reader:
+            if line[:3] in (b"226", b"250"):
+                # The server may finish sending before the relay has passed its data on: a
+                # truncation still to come must not be vouched for by a reply relayed before it.
+                with session.relayed:
+                    session.relayed.wait_for(lambda: session.relaying == 0, timeout=60)
             if session.cut.is_set():
                 return
             line = self._rewrite_passive(line, session)
