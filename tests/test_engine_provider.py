@@ -65,3 +65,18 @@ def test_a_claimed_task_is_in_flight_with_its_heartbeat_until_answered() -> None
     assert runtime.in_flight() == 0
     [(method, call)] = sfn.answers()
     assert (method, call["error"]) == ("send_task_failure", "InvalidRequest")
+
+
+@pytest.mark.parametrize("connections", [1, 2, 3, 8, 40])
+def test_the_download_and_sync_polls_together_never_need_more_lanes_than_there_are(connections: int) -> None:
+    gateway = GatewayConfig(
+        activity_arn="arn:activity",
+        sync_activity_arn="arn:sync-activity",
+        conn=HttpConnConfig(type="http", host="provider.test"),
+        num_connections=connections,
+    )
+    runtime = ProviderRuntime(ProviderConfig("prov", gateway), FakeSfn(), FakeS3(), worker_name="w")
+    polls = [len(p.threads) for p in runtime.pollers]
+    assert len(polls) == 2 and min(polls) >= 1
+    # A long poll holds a lane's reservation: polling on every lane for one activity starves the other.
+    assert sum(polls) <= max(connections, 2)

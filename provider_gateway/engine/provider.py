@@ -154,6 +154,15 @@ class ProviderRuntime:
             events=self.events,
         )
 
+    def _polls_per_activity(self) -> int:
+        """Each activity's share of the lanes: the polls of one must not hold every reservation.
+
+        A long poll keeps its lane reserved for up to a minute; with the
+        download activity polling on every lane, the sync activity would
+        never be asked.
+        """
+        return max(1, min(len(self.workers) // len(self._activities), MAX_POLLS_PER_ACTIVITY))
+
     def _poller(self, name: str) -> ActivityPoller:
         arn, parse = self._activities[name]
         return ActivityPoller(
@@ -166,7 +175,7 @@ class ProviderRuntime:
             name=name,
             on_error=lambda: self.events.metrics.poll_errors.labels(self.provider.id, arn).inc(),
             ready=self._can_claim,
-            concurrency=min(len(self.workers), MAX_POLLS_PER_ACTIVITY),
+            concurrency=self._polls_per_activity(),
         )
 
     def start(self) -> None:
