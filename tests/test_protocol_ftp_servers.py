@@ -250,7 +250,8 @@ def test_proftpd_without_size_killed_mid_file_resumes_to_the_exact_bytes(tmp_pat
 
         result = copy(connections, "ftp://127.0.0.1/big.bin", s3, bucket, "big.bin", progress=progress)
 
-        assert killed == [1]
+        # The probe's session may still be ending in proftpd when the kill comes: it is counted too.
+        assert killed and killed[0] >= 1
         assert result.success, result
         assert s3.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == data
         assert server.commands("REST") >= 1
