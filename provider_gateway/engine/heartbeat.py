@@ -13,7 +13,7 @@ from provider_gateway.errors import TASK_GONE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TASK_GONE", "Heartbeat"]
+__all__ = ["Heartbeat"]
 
 
 class Heartbeat:

@@ -18,8 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
 
-from provider_gateway.engine.heartbeat import TASK_GONE
-from provider_gateway.errors import InternalError, OutputTooLarge, TargetWriteFailed, TaskCancelled
+from provider_gateway.errors import TASK_GONE, InternalError, OutputTooLarge, TargetWriteFailed, TaskCancelled
 
 log = logging.getLogger(__name__)
 
