@@ -156,3 +156,16 @@ class GatewayProcess:
             raise AssertionError(f"gateway did not stop within {timeout_s}s:\n{self.log()[-3000:]}") from None
         finally:
             self._log.close()
+
+
+CONTRACT_CODES = (
+    "InvalidRequest",
+    "SourceNotFound",
+    "SourceAccessDenied",
+    "SourceUnavailable",
+    "IntegrityError",
+    "TargetWriteFailed",
+    "OutputTooLarge",
+    "GatewayShutdown",
+)
+"""The error codes CONTRACT.md names, written out here so that the tests check the code against them."""

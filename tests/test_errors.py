@@ -25,18 +25,9 @@ from provider_gateway.lambdas import callbacks
 from provider_gateway.messages import FileResult
 from provider_gateway.workflow import RETRYABLE_ERRORS
 from tests.engine_fakes import FakeSfn, client_error
+from tests.support import CONTRACT_CODES
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
-CONTRACT_CODES = [
-    "InvalidRequest",
-    "SourceNotFound",
-    "SourceAccessDenied",
-    "SourceUnavailable",
-    "IntegrityError",
-    "TargetWriteFailed",
-    "OutputTooLarge",
-    "GatewayShutdown",
-]
 ATTRIBUTES = ("code", "retryable", "workflow_retry", "drops_connection", "exit_status")
 
 

@@ -23,18 +23,7 @@ from provider_gateway.local.http_server import FileHTTPServer
 from provider_gateway.messages import FileResult, file_output, parse_download_task, parse_sync_task, task_output
 from provider_gateway.protocols import check_url
 from tests.conftest import GatewayFactory
-from tests.support import create_state_machine, download_message, start, wait_done
-
-CONTRACT_CODES = {
-    "InvalidRequest",
-    "SourceNotFound",
-    "SourceAccessDenied",
-    "SourceUnavailable",
-    "IntegrityError",
-    "TargetWriteFailed",
-    "OutputTooLarge",
-    "GatewayShutdown",
-}
+from tests.support import CONTRACT_CODES, create_state_machine, download_message, start, wait_done
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12),
